@@ -1,0 +1,32 @@
+"""vlp_jax: pretraining vision-language models in JAX/Flax, TPU first."""
+import setuptools
+
+# Pinned to the versions tested together; widen only after running `make test` on them.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorflow-cpu>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "sentencepiece>=0.2.3,<0.3",
+    "ml_collections>=1.1.0,<1.2",
+    "clu>=0.0.12,<0.1",
+    "tensorboard>=2.21,<2.22",  # clu's metric writers need it; tensorflow-cpu does not pull it in.
+    "numpy>=2.0",
+    "pillow>=10",  # image checks and image-folder inputs
+]
+
+setuptools.setup(
+    name="vlp_jax",
+    version="0.1.0",
+    description="Pretraining vision-language models (CLIP, SigLIP, CoCa, ...) in JAX/Flax.",
+    packages=setuptools.find_packages(include=["vlp_jax", "vlp_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+    },
+)

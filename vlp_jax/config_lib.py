@@ -1,0 +1,166 @@
+"""Shared config defaults, variant-argument parsing and start-up validation.
+
+Every config file builds on `base_config()` and changes only what differs, so the set of
+fields is known in one place: a field that is not here is a typo, and `validate` rejects it
+before anything is compiled.
+"""
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+MODEL_NAMES = ("clip",)
+CONTRASTIVE_IMPLS = ("allgather",)
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "constant")
+AUGMENTS = ("none", "crop")
+
+
+def parse_arg(arg, **defaults):
+  """Parses the `path:variant=tiny,scan=True` argument, typed by the defaults (big_vision style)."""
+  result = dict(defaults)
+  for item in (arg or "").split(","):
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r}; known: {sorted(defaults)}")
+    if not sep:
+      value = "True"
+    kind = type(defaults[key])
+    if kind is bool:
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"Config argument {key!r} must be true or false, got {value!r}")
+      result[key] = value.lower() in ("true", "1")
+    else:
+      result[key] = kind(value)
+  return ml_collections.ConfigDict(result)
+
+
+def base_config():
+  """All fields any run may set, with defaults for a small CPU run."""
+  c = ConfigDict()
+  c.seed = 0
+
+  c.model = ConfigDict()
+  c.model.name = "clip"
+  c.model.dtype = "float32"  # compute dtype; parameters are always float32
+  c.model.remat = False  # rematerialise each transformer block in backward
+  c.model.scan = False  # nn.scan over layers: compile time flat in depth
+  c.model.embed_dim = 64  # joint embedding space
+  c.model.image_size = 32
+  c.model.patch_size = 8
+  c.model.vision_width = 64
+  c.model.vision_depth = 2
+  c.model.vision_heads = 2
+  c.model.vision_mlp_ratio = 4.0
+  c.model.vocab_size = 256
+  c.model.context_length = 16
+  c.model.text_width = 64
+  c.model.text_depth = 2
+  c.model.text_heads = 2
+  c.model.text_mlp_ratio = 4.0
+  c.model.activation = "gelu"  # gelu (exact), gelu_tanh or quick_gelu (OpenAI CLIP)
+  c.model.logit_scale_init = 1 / 0.07
+  c.model.logit_scale_max = 100.0
+
+  c.loss = ConfigDict()
+  c.loss.contrastive = "allgather"
+
+  c.data = ConfigDict()
+  c.data.train = "builtin:shapes:train"
+  c.data.eval = "builtin:shapes:test"  # comma-separated list of dataset specs
+  c.data.data_dir = ""  # TFDS data_dir for builtin:/tfds: sets; empty: TFDS default
+  c.data.tokenizer = ""  # sentencepiece model path; empty: train one on data.train's captions
+  c.data.holdout_percent = 10  # jsonl:PATH:test is this share of records (by key hash)
+  c.data.shuffle_buffer = 10_000
+  c.data.augment = "none"  # none: resize; crop: random resized crop (no flip: captions say left/right)
+  c.data.crop_min_scale = 0.6
+  c.data.num_parallel_calls = -1  # -1: tf.data AUTOTUNE
+  c.data.prefetch = 2  # batches placed on the devices ahead of the step
+
+  c.train = ConfigDict()
+  c.train.batch_size = 64  # global, over all hosts and devices
+  c.train.steps = 100
+  c.train.accum_steps = 1  # micro-batches per step; contrastive terms still see the full batch
+  c.train.log_every = 10
+  c.train.eval_every = 0  # 0: only at the end
+  c.train.checkpoint_every = 50
+  c.train.keep_checkpoints = 3
+  c.train.profile_port = 0  # >0: start jax.profiler server for on-demand traces
+  c.train.profile_steps = 0  # >0: write a trace of this many steps after the first log period
+
+  c.optim = ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 10
+  c.optim.min_lr_ratio = 0.0
+  c.optim.weight_decay = 0.1
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.eps = 1e-6
+  c.optim.clip_norm = 1.0  # 0 disables clipping
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.model = 1
+
+  c.eval = ConfigDict()
+  c.eval.batch_size = 256
+  c.eval.max_examples = 0  # 0: the whole split
+  return c
+
+
+def _check_keys(config, reference, prefix=""):
+  for key in config.keys():
+    name = prefix + key
+    if key not in reference:
+      near = [k for k in reference.keys() if k.startswith(key[:3])]
+      hint = f"; did you mean {near}?" if near else ""
+      raise ValueError(f"Unknown config field {name!r}{hint}")
+    if isinstance(reference[key], ConfigDict):
+      if not isinstance(config[key], ConfigDict):
+        raise ValueError(f"Config field {name!r} must be a group of fields")
+      _check_keys(config[key], reference[key], name + ".")
+
+
+def _require(ok, field, message):
+  if not ok:
+    raise ValueError(f"Config field {field!r}: {message}")
+
+
+def validate(config):
+  """Raises ValueError naming the field for typos and values that cannot work."""
+  _check_keys(config, base_config())
+  m, t, o, d = config.model, config.train, config.optim, config.data
+  _require(m.name in MODEL_NAMES, "model.name", f"{m.name!r} is not one of {MODEL_NAMES}")
+  _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
+  _require(config.loss.contrastive in CONTRASTIVE_IMPLS, "loss.contrastive",
+           f"{config.loss.contrastive!r} is not one of {CONTRASTIVE_IMPLS}")
+  _require(m.image_size % m.patch_size == 0, "model.image_size",
+           f"{m.image_size} is not a multiple of model.patch_size={m.patch_size}")
+  for tower in ("vision", "text"):
+    width, heads = m[f"{tower}_width"], m[f"{tower}_heads"]
+    _require(width % heads == 0, f"model.{tower}_width",
+             f"{width} is not divisible by model.{tower}_heads={heads}")
+  _require(m.activation in ("gelu", "gelu_tanh", "quick_gelu"), "model.activation",
+           f"{m.activation!r} is not gelu, gelu_tanh or quick_gelu")
+  _require(t.batch_size > 0, "train.batch_size", "must be positive")
+  _require(t.accum_steps >= 1 and t.batch_size % t.accum_steps == 0, "train.accum_steps",
+           f"{t.accum_steps} must be >= 1 and divide train.batch_size={t.batch_size}")
+  _require(t.steps > 0, "train.steps", "must be positive")
+  _require(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r} is not one of {SCHEDULES}")
+  _require(d.augment in AUGMENTS, "data.augment", f"{d.augment!r} is not one of {AUGMENTS}")
+  _require(0 < d.holdout_percent < 100, "data.holdout_percent", "must be in (0, 100)")
+  _require(bool(d.train), "data.train", "must name a dataset, e.g. builtin:shapes:train")
+  for axis in ("data", "fsdp", "model"):
+    size = config.mesh[axis]
+    _require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 or >= 1, got {size}")
+  return config
+
+
+def eval_specs(config):
+  """The list form of `data.eval` (a comma-separated string on the command line)."""
+  value = config.data.eval
+  items = value.split(",") if isinstance(value, str) else list(value)
+  return [s.strip() for s in items if s.strip()]
