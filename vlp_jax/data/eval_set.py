@@ -1,0 +1,51 @@
+"""Evaluation sets held whole in host memory, preprocessed like training without augmentation."""
+import dataclasses
+
+import numpy as np
+
+from vlp_jax.data import checks
+from vlp_jax.data import pipeline
+from vlp_jax.data import sources
+from vlp_jax.data.tf_setup import tf
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """One split: images [N, S, S, 3], tokens [N, L], labels task -> int32 [N] (-1: none)."""
+  name: str
+  images: np.ndarray
+  tokens: np.ndarray
+  captions: list
+  labels: dict
+  zeroshot_tasks: dict
+  skipped: dict
+
+
+def load_eval_set(spec, config, tok, data_dir="", holdout_percent=10):
+  """The usable records of `spec` in source order, capped at config.eval.max_examples."""
+  source = sources.get_source(spec, holdout_percent, data_dir)
+  stream = source.records().enumerate().map(lambda i, r: dict(r, index=i))
+  ds = pipeline.process(
+      stream, image_size=config.model.image_size, augment="none", crop_min_scale=1.0,
+      seed=config.seed, num_parallel_calls=config.data.num_parallel_calls, first_index=0,
+      epoch_size=source.num_records + 1, source_name=source.name)
+  limit = config.eval.max_examples
+  if limit > 0:
+    ds = ds.take(limit)
+  ds = ds.batch(max(1, config.eval.batch_size)).map(pipeline.tokenize_batch(tok))
+  parts = list(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+  if not parts:
+    raise ValueError(f"Eval set {spec!r} has no usable record")
+  cat = lambda k: np.concatenate([p[k] for p in parts])
+  counts = parts[-1]["counts"][-1].copy()
+  kept = sum(len(p["index"]) for p in parts)
+  if limit <= 0 or kept < limit:  # read to the end: failures after the last good record too
+    counts[-1] = source.num_records - kept - counts[:-1].sum()
+  tasks = source.zeroshot_tasks
+  return EvalSet(
+      name=source.name, images=cat("image").astype(np.float32),
+      tokens=cat("tokens").astype(np.int32),
+      captions=[c.decode("utf-8") for c in cat("caption")],
+      labels={t: cat("label_" + t).astype(np.int32) for t in tasks},
+      zeroshot_tasks=tasks,
+      skipped=dict(zip(checks.ALL_REASONS, (int(c) for c in counts))))

@@ -1,0 +1,172 @@
+"""Data sources named by spec strings: a deterministic, finite, shardable list of raw records.
+
+A raw record is a dict of tensors: `key` (string), `image` (encoded bytes, or empty when read
+from `path`), `path` (file to read, or empty), `missing` (bool: the file does not exist),
+`caption` (raw bytes, not yet validated) and `label_<task>` (int32, -1 = no label) per
+zero-shot task. Records are cheap (no file I/O), so resuming can skip them before any reading.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vlp_jax.data import scenes
+from vlp_jax.data import shapes
+from vlp_jax.data.tf_setup import tf
+
+KINDS = ("builtin", "jsonl")
+BUILTINS = ("shapes",)
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroShotTask:
+  """Class names and prompt templates (each with one '{}') for zero-shot classification."""
+  classnames: list
+  templates: list
+
+
+def shard_size(total, index, count):
+  """Records that host `index` of `count` takes when taking records index::count."""
+  return len(range(index, total, count))
+
+
+class BuiltinShapes:
+  """`builtin:shapes:<split>`: the procedurally generated TFDS set `vlp_shapes`."""
+
+  name = "shapes"
+
+  def __init__(self, split, data_dir=""):
+    self.split = split
+    self.builder = shapes.prepare(data_dir)
+    self.zeroshot_tasks = {task: ZeroShotTask(list(scenes.CLASSNAMES[task]), templates)
+                           for task, templates in scenes.zeroshot_templates().items()}
+    self.num_records = self.builder.info.splits[split].num_examples
+
+  def _read(self):
+    return self.builder.as_dataset(
+        split=self.split, shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(interleave_cycle_length=1))
+
+  def records(self, index=0, count=1):
+    def convert(ex):
+      record = dict(key=ex["key"], image=ex["image"], path=tf.constant(""),
+                    missing=tf.constant(False), caption=ex["caption"])
+      for task in self.zeroshot_tasks:
+        record["label_" + task] = ex[task]
+      return record
+    return self._read().shard(count, index).map(convert)
+
+  def captions(self):
+    ds = self.builder.as_dataset(split=self.split, shuffle_files=False,
+                                 decoders={"image": tfds.decode.SkipDecoding()})
+    return [ex["caption"].decode("utf-8") for ex in tfds.as_numpy(ds)]
+
+
+def _split_of(image_path, holdout_percent):
+  """'test' for a stable holdout_percent% of image paths, 'train' for the rest."""
+  digest = hashlib.md5(image_path.encode("utf-8", "surrogateescape")).digest()
+  return "test" if int.from_bytes(digest[:8], "big") % 100 < holdout_percent else "train"
+
+
+def _parse_jsonl(path):
+  """[(image, caption bytes)] of a captions.jsonl; undecodable bytes survive for the pipeline."""
+  items = []
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      line = raw.decode("utf-8", "surrogateescape").strip()
+      if not line:
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: malformed JSON line: {e}") from None
+      if not isinstance(obj, dict):
+        raise ValueError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+      for field in ("image", "caption"):
+        if not isinstance(obj.get(field), str):
+          raise ValueError(f"{path}:{number}: field {field!r} is missing or not a string")
+      items.append((obj["image"], obj["caption"].encode("utf-8", "surrogateescape")))
+  if not items:
+    raise ValueError(f"{path} has no records")
+  return items
+
+
+def _usable(path):
+  try:
+    return os.path.getsize(path) > 0 and os.access(path, os.R_OK)
+  except OSError:
+    return False
+
+
+class JsonlFolder:
+  """`jsonl:PATH[:split]`: a folder with captions.jsonl of {"image": relpath, "caption": text}."""
+
+  def __init__(self, folder, split=None, holdout_percent=10):
+    if not os.path.isdir(folder):
+      raise ValueError(f"jsonl data folder {folder!r} does not exist")
+    index_path = os.path.join(folder, "captions.jsonl")
+    if not os.path.isfile(index_path):
+      raise ValueError(f"jsonl data folder {folder!r} has no captions.jsonl")
+    items = _parse_jsonl(index_path)
+    if split is not None:
+      items = [it for it in items if _split_of(it[0], holdout_percent) == split]
+      if not items:
+        raise ValueError(f"{index_path}: split {split!r} ({holdout_percent}% holdout) is empty")
+    self.name = os.path.basename(os.path.normpath(folder))
+    self.zeroshot_tasks = {}
+    self.keys = [image for image, _ in items]
+    self.paths = [os.path.join(folder, image) for image in self.keys]
+    self.raw_captions = [caption for _, caption in items]
+    self.missing = np.array([not os.path.isfile(p) for p in self.paths])
+    if not any(_usable(p) for p in self.paths):
+      raise ValueError(f"{index_path}: no image file of this source can be read; "
+                       f"the first is {self.paths[0]!r}")
+    self.num_records = len(items)
+
+  def records(self, index=0, count=1):
+    sl = slice(index, None, count)
+    n = len(self.keys[sl])
+    return tf.data.Dataset.from_tensor_slices(dict(
+        key=tf.constant(self.keys[sl], tf.string),
+        image=tf.constant([b""] * n, tf.string),
+        path=tf.constant(self.paths[sl], tf.string),
+        missing=tf.constant(self.missing[sl], tf.bool),
+        caption=tf.constant(self.raw_captions[sl], tf.string)))
+
+  def captions(self):
+    """Captions that are valid UTF-8 and not blank (the pipeline skips the others)."""
+    out = []
+    for raw in self.raw_captions:
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        continue
+      if text.strip():
+        out.append(text)
+    return out
+
+
+def get_source(spec, holdout_percent=10, data_dir=""):
+  """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH or jsonl:PATH:SPLIT."""
+  kind, _, rest = spec.partition(":")
+  if kind not in KINDS:
+    raise ValueError(f"Unknown data spec kind {kind!r} in {spec!r}; known kinds: {KINDS}")
+  if kind == "builtin":
+    name, _, split = rest.partition(":")
+    if name not in BUILTINS:
+      raise ValueError(f"Unknown builtin dataset {name!r} in {spec!r}; known: {BUILTINS}")
+    if split not in SPLITS:
+      raise ValueError(f"Data spec {spec!r} needs a split, one of {SPLITS}")
+    return BuiltinShapes(split, data_dir)
+  path, split = rest, None
+  head, sep, tail = rest.rpartition(":")
+  if sep and tail in SPLITS:
+    path, split = head, tail
+  if not path:
+    raise ValueError(f"Data spec {spec!r} names no folder; expected jsonl:PATH[:train|:test]")
+  return JsonlFolder(path, split, holdout_percent)

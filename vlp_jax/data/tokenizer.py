@@ -1,0 +1,121 @@
+"""SentencePiece tokenizer: trained on the training captions unless a model file is given.
+
+Token layout matches what the text tower expects: pieces, then EOS, padded with 0; no BOS.
+Run `python -m vlp_jax.data.tokenizer --data=SPEC --vocab_size=N --out=PATH` to train one
+ahead of a run and pass it as config.data.tokenizer.
+"""
+import argparse
+import io
+import os
+import tempfile
+
+import numpy as np
+import sentencepiece as spm
+
+from vlp_jax.data.tf_setup import tf
+
+PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+
+
+def train_tokenizer(captions, vocab_size, out_path):
+  """Trains a unigram model on `captions` deterministically and writes it to `out_path`."""
+  captions = [c for c in captions if c.strip()]
+  if not captions:
+    raise ValueError(f"No captions to train the tokenizer for {out_path!r} on")
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size,
+      hard_vocab_limit=False,  # small caption sets have fewer pieces than asked for
+      model_type="unigram", character_coverage=1.0, num_threads=1,
+      pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
+      minloglevel=2)
+  folder = os.path.dirname(os.path.abspath(out_path))
+  os.makedirs(folder, exist_ok=True)
+  # Written under a temporary name and renamed, so concurrent hosts never read half a file.
+  fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+  with os.fdopen(fd, "wb") as f:
+    f.write(model.getvalue())
+  os.replace(tmp, out_path)
+  return out_path
+
+
+class Tokenizer:
+  """Encodes captions to fixed-length int32 ids: pieces, EOS, then pad_id=0."""
+
+  pad_id = 0
+
+  def __init__(self, model_path, context_length):
+    self.model_path = model_path
+    self.context_length = context_length
+    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.vocab_size = self.sp.get_piece_size()
+    self.eos_id = self.sp.eos_id()
+    if self.eos_id < 0:
+      raise ValueError(f"Tokenizer {model_path!r} has no EOS piece; train it with eos_id set")
+
+  def encode(self, texts):
+    """np.int32 [len(texts), context_length]; truncated sequences keep EOS last."""
+    length = self.context_length
+    out = np.full((len(texts), length), self.pad_id, np.int32)
+    for row, ids in enumerate(self.sp.encode(list(texts), out_type=int)):
+      ids = ids[:length - 1] + [self.eos_id]
+      out[row, :len(ids)] = ids
+    return out
+
+  def decode(self, tokens):
+    """Text of each row, up to its first EOS."""
+    texts = []
+    for row in np.asarray(tokens):
+      ids = [int(i) for i in row]
+      if self.eos_id in ids:
+        ids = ids[:ids.index(self.eos_id)]
+      texts.append(self.sp.decode([i for i in ids if i != self.pad_id]))
+    return texts
+
+  def tf_encode(self, captions):
+    """In-graph form of `encode` for a 1-D string tensor (UTF-8 bytes)."""
+    def encode(raw):
+      return self.encode([c.decode("utf-8") for c in raw])
+    tokens = tf.numpy_function(encode, [captions], tf.int32, stateful=False)
+    tokens.set_shape([captions.shape[0], self.context_length])
+    return tokens
+
+
+def get_tokenizer(config, workdir):
+  """The tokenizer of config.data.tokenizer, or one trained on data.train's captions."""
+  # Imported here: sources pulls in TFDS, which a tokenizer loaded from a file never needs.
+  from vlp_jax.data import sources  # pylint: disable=g-import-not-at-top
+  path = config.data.tokenizer
+  if not path:
+    path = os.path.join(workdir, "tokenizer.model")
+    if not os.path.exists(path):
+      source = sources.get_source(config.data.train, config.data.holdout_percent,
+                                  config.data.data_dir)
+      train_tokenizer(source.captions(), config.model.vocab_size, path)
+  elif not os.path.isfile(path):
+    raise ValueError(f"config.data.tokenizer={path!r} does not exist")
+  tok = Tokenizer(path, config.model.context_length)
+  if tok.vocab_size > config.model.vocab_size:
+    raise ValueError(
+        f"Tokenizer {path!r} (config.data.tokenizer={config.data.tokenizer!r}) has "
+        f"{tok.vocab_size} pieces, more than config.model.vocab_size={config.model.vocab_size}")
+  return tok
+
+
+def main(argv=None):
+  from vlp_jax.data import sources  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data", required=True, help="data spec, e.g. jsonl:PATH:train")
+  parser.add_argument("--vocab_size", type=int, required=True)
+  parser.add_argument("--out", required=True, help="path of the .model file to write")
+  parser.add_argument("--data_dir", default="", help="TFDS data_dir for builtin: specs")
+  parser.add_argument("--holdout_percent", type=int, default=10)
+  args = parser.parse_args(argv)
+  source = sources.get_source(args.data, args.holdout_percent, args.data_dir)
+  train_tokenizer(source.captions(), args.vocab_size, args.out)
+  tok = Tokenizer(args.out, context_length=1)
+  print(f"Wrote {args.out} with {tok.vocab_size} pieces")
+
+
+if __name__ == "__main__":
+  main()

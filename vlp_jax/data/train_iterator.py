@@ -1,0 +1,83 @@
+"""Infinite, exactly resumable, per-host training batches.
+
+The host's raw-record stream is a deterministic sequence over epochs: epoch e is this host's
+shard in an order shuffled with a seed from (config.seed, e). `position` counts raw records
+consumed, so resuming just skips that many cheap records (no file reads, no decoding) and
+then yields exactly the batches an uninterrupted run would have.
+"""
+import numpy as np
+
+from vlp_jax.data import checks
+from vlp_jax.data import pipeline
+from vlp_jax.data import sources
+from vlp_jax.data.tf_setup import tf
+
+_EPOCHS = 2**40  # "forever"; epoch indices stay far from int64 overflow
+
+
+def epoch_seed(seed, epoch):
+  """A distinct shuffle seed per (config.seed, epoch), as an int64 tensor."""
+  return (tf.constant(seed % 2**31, tf.int64) * 2**31 + epoch) % (2**63 - 1)
+
+
+def record_stream(source, *, seed, shuffle_buffer, position, process_index, process_count):
+  """Raw records from stream index `position` on, each with its `index`; and the epoch size."""
+  epoch_size = sources.shard_size(source.num_records, process_index, process_count)
+  if epoch_size == 0:
+    raise ValueError(f"Data source {source.name!r} has {source.num_records} records, too few "
+                     f"for host {process_index} of {process_count}")
+  records = source.records(process_index, process_count)
+  start_epoch, offset = divmod(position, epoch_size)
+
+  def epoch(e):
+    ds = records.shuffle(max(1, shuffle_buffer), seed=epoch_seed(seed, e),
+                         reshuffle_each_iteration=False)
+    return ds.enumerate().map(lambda pos, r: dict(r, index=e * epoch_size + pos))
+
+  stream = tf.data.Dataset.range(start_epoch, _EPOCHS).flat_map(epoch).skip(offset)
+  return stream, epoch_size
+
+
+class TrainIterator:
+  """Yields dict(image=float32 [b, S, S, 3], tokens=int32 [b, L]) for this host, forever.
+
+  `position`: raw records consumed on this host up to and including the last batch returned.
+  `skipped`: reason -> records skipped on this host since this iterator was created.
+  """
+
+  def __init__(self, config, tok, position=0, process_index=0, process_count=1):
+    d = config.data
+    if config.train.batch_size % process_count:
+      raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible "
+                       f"by the number of processes ({process_count})")
+    self.batch_size = config.train.batch_size // process_count
+    self.position = int(position)
+    self.skipped = {reason: 0 for reason in checks.ALL_REASONS}
+    self.source = sources.get_source(d.train, d.holdout_percent, d.data_dir)
+    stream, epoch_size = record_stream(
+        self.source, seed=config.seed, shuffle_buffer=d.shuffle_buffer, position=self.position,
+        process_index=process_index, process_count=process_count)
+    ds = pipeline.process(
+        stream, image_size=config.model.image_size, augment=d.augment,
+        crop_min_scale=d.crop_min_scale, seed=config.seed,
+        num_parallel_calls=d.num_parallel_calls, first_index=self.position,
+        epoch_size=epoch_size, source_name=self.source.name)
+    ds = ds.batch(self.batch_size, drop_remainder=True)
+    ds = ds.map(pipeline.tokenize_batch(tok))
+    ds = ds.map(lambda b: dict(image=b["image"], tokens=b["tokens"], index=b["index"][-1],
+                               counts=b["counts"][-1]))
+    self._iter = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    try:
+      batch = next(self._iter)
+    except StopIteration:
+      raise ValueError(
+          f"config.data.train={self.source.name!r}: a whole epoch of records failed the "
+          f"checks (skipped so far: {self.skipped}); nothing to train on") from None
+    self.position = int(batch["index"]) + 1
+    self.skipped = dict(zip(checks.ALL_REASONS, (int(c) for c in batch["counts"])))
+    return dict(image=batch["image"], tokens=np.asarray(batch["tokens"], np.int32))
