@@ -1,0 +1,28 @@
+"""CLIP tiny: a CPU quickstart on the built-in shapes data (the default of `make demo`).
+
+  python main.py --config=configs/clip_tiny.py --workdir=workdirs/clip_tiny
+"""
+from vlp_jax import config_lib
+
+
+def get_config(arg=None):
+  del arg
+  c = config_lib.base_config()
+  c.model.name = "clip"
+  c.model.image_size = 32
+  c.model.patch_size = 8
+  c.model.vision_width = c.model.text_width = 128
+  c.model.vision_depth = c.model.text_depth = 2
+  c.model.vision_heads = c.model.text_heads = 4
+  c.model.embed_dim = 128
+  c.model.vocab_size = 128
+  c.model.context_length = 16
+  c.data.train = "builtin:shapes:train"
+  c.data.eval = "builtin:shapes:test"
+  c.train.batch_size = 128
+  c.train.steps = 600
+  c.train.log_every = 50
+  c.train.checkpoint_every = 200
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 50
+  return c

@@ -1,0 +1,72 @@
+"""vlp_jax entry point: train, evaluate or describe a vision-language model from a config.
+
+  python main.py --config=configs/clip_tiny.py --workdir=/tmp/clip_tiny
+  python main.py --config=configs/clip_b16.py --mode=describe --devices=256
+  python main.py --config=configs/clip_tiny.py:variant=... --config.train.steps=10
+
+Every mode ends by printing one JSON object on its last line.
+"""
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file, optionally path:arg.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the tokenizer go here.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "describe"], "What to do.")
+flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).")
+flags.DEFINE_integer("devices", None, "--mode=describe: size the mesh for this many devices.")
+flags.DEFINE_bool("debug", False, "Show the full traceback of input errors.")
+flags.mark_flag_as_required("config")
+FLAGS = flags.FLAGS
+
+
+def run(config, mode, workdir, step=None, devices=None):
+  if mode == "describe":
+    from vlp_jax.train import describe  # pylint: disable=g-import-not-at-top
+    return describe.describe(config, devices)
+  if not workdir:
+    raise ValueError(f"--workdir is required for --mode={mode}")
+  from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from vlp_jax.train import loop  # pylint: disable=g-import-not-at-top
+  mesh_lib.initialize_distributed()
+  if mode == "eval":
+    return loop.evaluate_checkpoint(config, workdir, step)
+  return loop.train(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.info("config:\n%s", FLAGS.config)
+  try:
+    result = run(FLAGS.config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices)
+  except ValueError as e:
+    if FLAGS.debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.mode == "describe":
+    print(FLAGS.config)
+  print(json.dumps(result, sort_keys=True), flush=True)
+
+
+def parse_flags(argv):
+  """absl's parser, but a mistyped `--config.a.b=v` ends with one line naming the field."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    name, _, hint = str(e.args[0] if e.args else e).strip("\"'").partition("\n")
+    print(f"error: unknown config field {name.strip(chr(39))!r} in {' '.join(overrides)}"
+          f"{'; ' + hint if hint else ''}", file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpfull for the list of flags.", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,1 @@
+"""Pure loss functions on arrays; each tested against a float64 reference in tests/."""

@@ -1,0 +1,65 @@
+"""CLIP: a ViT and a causal text transformer projected into one space, with a learned temperature."""
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlp_jax.models import layers
+from vlp_jax.models.text import TextTransformer
+from vlp_jax.models.vit import VisionTransformer
+
+
+class Clip(nn.Module):
+  """Returns L2-normalised image and text embeddings and the (capped) logit scale.
+
+  The temperature is stored as log(scale), initialised to log(1/0.07); the scale used in the
+  loss is min(exp(log_scale), logit_scale_max) as in OpenAI CLIP.
+  """
+  vision: dict
+  text: dict
+  embed_dim: int
+  logit_scale_init: float = 1 / 0.07
+  logit_scale_max: float = 100.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.image_tower = VisionTransformer(embed_dim=self.embed_dim, dtype=self.dtype,
+                                         **self.vision)
+    self.text_tower = TextTransformer(embed_dim=self.embed_dim, dtype=self.dtype, **self.text)
+    self.log_logit_scale = self.param(
+        "log_logit_scale",
+        nn.with_logical_partitioning(nn.initializers.constant(math.log(self.logit_scale_init)),
+                                     ()), (), jnp.float32)
+
+  def encode_image(self, images):
+    return _normalize(self.image_tower(images)[0])
+
+  def encode_text(self, tokens):
+    return _normalize(self.text_tower(tokens)[0])
+
+  def logit_scale(self):
+    return jnp.minimum(jnp.exp(self.log_logit_scale), self.logit_scale_max)
+
+  def __call__(self, images, tokens):
+    return self.encode_image(images), self.encode_text(tokens), self.logit_scale()
+
+
+def _normalize(x):
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
+def from_config(m, eos_id):
+  """Builds Clip from `config.model`."""
+  common = dict(activation=m.activation, remat=m.remat, scan=m.scan)
+  vision = dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
+                num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
+                **common)
+  text = dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
+              depth=m.text_depth, num_heads=m.text_heads,
+              mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id, **common)
+  return Clip(vision=vision, text=text, embed_dim=m.embed_dim,
+              logit_scale_init=m.logit_scale_init, logit_scale_max=m.logit_scale_max,
+              dtype=jnp.dtype(m.dtype))

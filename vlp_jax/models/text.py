@@ -1,0 +1,47 @@
+"""Text transformer tower: token + position embeddings, causal or bidirectional encoder."""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlp_jax.models import layers
+
+
+class TextTransformer(nn.Module):
+  """Encode token ids; return (pooled, tokens).
+
+  pooled is the output at the first `eos_id` token (CLIP pools at end-of-text; with a
+  causal mask it has seen the whole caption), projected to `embed_dim` when it is set.
+  """
+  vocab_size: int
+  context_length: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  eos_id: int
+  embed_dim: Optional[int] = None
+  causal: bool = True
+  activation: str = "gelu"
+  dtype: Any = jnp.float32
+  remat: bool = False
+  scan: bool = False
+
+  @nn.compact
+  def __call__(self, tokens):
+    embed = layers.param(self, "token_embedding", ("vocab", "embed"),
+                         nn.initializers.normal(0.02), (self.vocab_size, self.width))
+    x = jnp.take(embed, tokens, axis=0).astype(self.dtype)
+    pos = layers.param(self, "pos_embedding", (None, "act_embed"), nn.initializers.normal(0.01),
+                       (self.context_length, self.width))
+    x = x + pos[: tokens.shape[1]].astype(self.dtype)
+    x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, causal=self.causal,
+                           activation=self.activation, dtype=self.dtype, remat=self.remat,
+                           scan=self.scan, name="encoder")(x)
+    x = layers.layer_norm(self.dtype, "ln_final")(x)
+    eos_index = jnp.argmax(tokens == self.eos_id, axis=-1)
+    pooled = jnp.take_along_axis(x, eos_index[:, None, None], axis=1)[:, 0]
+    if self.embed_dim is not None:
+      pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
+                        kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)
+    return pooled, x

@@ -1,0 +1,49 @@
+"""Vision Transformer image tower (OpenAI CLIP layout: class token, ln_pre, ln_post, proj)."""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlp_jax.models import layers
+
+
+class VisionTransformer(nn.Module):
+  """Patchify, add a class token and positions, encode; return (pooled, tokens).
+
+  pooled is the class token after ln_post, projected to `embed_dim` when it is set;
+  tokens are all output tokens after ln_post (for poolers and cross-attention).
+  """
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  embed_dim: Optional[int] = None
+  activation: str = "gelu"
+  dtype: Any = jnp.float32
+  remat: bool = False
+  scan: bool = False
+
+  @nn.compact
+  def __call__(self, images):
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+                dtype=self.dtype, name="patch_embed",
+                kernel_init=layers.dense_init((None, None, None, "embed")))(images.astype(self.dtype))
+    batch, h, w, _ = x.shape
+    x = x.reshape(batch, h * w, self.width)
+    cls = layers.param(self, "cls", ("act_embed",), nn.initializers.normal(self.width ** -0.5),
+                       (self.width,))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, self.width)), x], axis=1)
+    pos = layers.param(self, "pos_embedding", (None, "act_embed"),
+                       nn.initializers.normal(self.width ** -0.5), (h * w + 1, self.width))
+    x = x + pos.astype(x.dtype)
+    x = layers.layer_norm(self.dtype, "ln_pre")(x)
+    x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
+                           dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(x)
+    x = layers.layer_norm(self.dtype, "ln_post")(x)
+    pooled = x[:, 0]
+    if self.embed_dim is not None:
+      pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
+                        kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)
+    return pooled, x

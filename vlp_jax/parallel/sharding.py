@@ -1,0 +1,101 @@
+"""Logical-axis rules and the shardings of parameters, optimizer state and batches.
+
+One table maps the logical names that models give their weights to mesh axes: fsdp shards
+the "embed" dimension of every weight and, through the same specs, its optimizer moments
+(ZeRO-3 style); the model axis shards attention heads and MLP hidden units (tensor
+parallelism). A dimension that a mesh axis does not divide stays replicated, so any mesh
+runs any model; `describe` reports the resulting bytes per device.
+"""
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vlp_jax.parallel.mesh import BATCH_AXES
+
+RULES = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("vocab", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joint", None),
+    ("layers", None),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "model"),
+)
+
+
+def _mesh_axes(logical, rules=RULES):
+  table = dict(rules)
+  out = []
+  for name in logical:
+    axes = table.get(name) if name is not None else None
+    out.append(axes)
+  return out
+
+
+def spec_for(shape, logical, mesh_shape):
+  """PartitionSpec for one array: each mesh axis used once, only where it divides the dim."""
+  used = set()
+  spec = []
+  for dim, axes in zip(shape, _mesh_axes(logical)):
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    axes = tuple(a for a in axes if a not in used and mesh_shape.get(a, 1) > 1)
+    size = math.prod(mesh_shape[a] for a in axes)
+    if not axes or dim % size:
+      spec.append(None)
+      continue
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
+  return P(*spec)
+
+
+def logical_specs(boxed_tree):
+  """Logical axis names of every leaf of a tree of (possibly abstract) boxed variables."""
+  return nn.get_partition_spec(boxed_tree)
+
+
+def tree_specs(abstract_tree, logical_tree, mesh_shape):
+  """PartitionSpecs for a tree of ShapeDtypeStructs given a matching tree of logical specs."""
+  return jax.tree.map(lambda x, names: spec_for(x.shape, tuple(names), mesh_shape),
+                      abstract_tree, logical_tree,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def named(mesh, spec_tree):
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), spec_tree,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh):
+  """Leading (batch) dimension split over data x fsdp; everything else replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def bytes_per_device(abstract_tree, spec_tree, mesh_shape):
+  """Bytes one device holds for a sharded tree; works for meshes larger than this host."""
+  def leaf_bytes(x, spec):
+    shard = list(x.shape)
+    for i, axes in enumerate(spec):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else axes
+      shard[i] //= math.prod(mesh_shape[a] for a in axes)
+    return int(np.prod(shard)) * np.dtype(x.dtype).itemsize
+  leaves = jax.tree.leaves(jax.tree.map(leaf_bytes, abstract_tree, spec_tree,
+                                        is_leaf=lambda x: isinstance(x, P)))
+  return int(sum(leaves))
+
+
+def rules_context():
+  """Activates the rules for `nn.with_logical_constraint` inside models while tracing."""
+  return nn.logical_axis_rules(RULES)
