@@ -53,6 +53,7 @@ class TrainIterator:
     self.batch_size = config.train.batch_size // process_count
     self.position = int(position)
     self.skipped = {reason: 0 for reason in checks.ALL_REASONS}
+    self.spec = d.train
     self.source = sources.get_source(d.train, d.holdout_percent, d.data_dir)
     stream, epoch_size = record_stream(
         self.source, seed=config.seed, shuffle_buffer=d.shuffle_buffer, position=self.position,
@@ -76,7 +77,7 @@ class TrainIterator:
       batch = next(self._iter)
     except StopIteration:
       raise ValueError(
-          f"config.data.train={self.source.name!r}: a whole epoch of records failed the "
+          f"config.data.train={self.spec!r}: a whole epoch of records failed the "
           f"checks (skipped so far: {self.skipped}); nothing to train on") from None
     self.position = int(batch["index"]) + 1
     self.skipped = dict(zip(checks.ALL_REASONS, (int(c) for c in batch["counts"])))
