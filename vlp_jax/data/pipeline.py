@@ -41,7 +41,7 @@ def _count_checks(skip_log, epoch_size):
     counts = counts + tf.one_hot(reason - 1, num, dtype=tf.int64)  # all zero when reason == 0
     logged = tf.cond(bad, lambda: tf.py_function(
         skip_log, [reason, record["key"], record["path"]], tf.int32), lambda: 0)
-    run = tf.where(bad, run + 1, 0) + tf.cast(logged, tf.int64) * 0
+    run = tf.where(bad, run + 1, 0) + tf.cast(logged, tf.int64) * 0  # keeps the logging op
     out = dict(record, counts=counts, dead=run >= epoch_size)
     return (counts, run), out
 
@@ -49,12 +49,25 @@ def _count_checks(skip_log, epoch_size):
   return init, scan
 
 
-def _count_decode_errors(first_index):
+def _log_decode_errors(source_name):
+  def log(new, index):
+    logging.warning("Skipping %d record(s) of %s that failed to decode, just before stream "
+                    "index %d", int(new), source_name, int(index))
+    return 0
+  return log
+
+
+def _count_decode_errors(first_index, source_name):
   """Scan function: records missing between consecutive indices that no check removed."""
+  log = _log_decode_errors(source_name)
+
   def scan(state, record):
     last_index, last_checked, errors = state
     checked = tf.reduce_sum(record["counts"])
-    errors += (record["index"] - last_index - 1) - (checked - last_checked)
+    new = (record["index"] - last_index - 1) - (checked - last_checked)
+    logged = tf.cond(new > 0, lambda: tf.py_function(log, [new, record["index"]], tf.int32),
+                     lambda: 0)
+    errors += new + tf.cast(logged, tf.int64) * 0  # keeps the logging op in the graph
     out = dict(record, counts=tf.concat([record["counts"], [errors]], 0))
     return (record["index"], checked, errors), out
 
@@ -88,7 +101,7 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
 
   ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.ignore_errors()
-  return ds.scan(*_count_decode_errors(first_index))
+  return ds.scan(*_count_decode_errors(first_index, source_name))
 
 
 def tokenize_batch(tok):

@@ -3,6 +3,7 @@
 Every attribute word in a caption is visible in the image, relations follow the drawn
 positions, and shapes never overlap, so a model can learn the whole grammar from pixels.
 """
+import functools
 import io
 
 import numpy as np
@@ -25,6 +26,7 @@ SHAPE_COUNT_PROBS = (0.4, 0.35, 0.25)  # scenes with 1, 2, 3 shapes
 GAP = 2  # minimum empty pixels between the boxes of two shapes
 
 
+@functools.lru_cache(maxsize=None)
 def _mask(shape, side):
   """Boolean [side, side] mask of `shape`, sampled at pixel centres."""
   c = (np.arange(side) + 0.5) / side * 2 - 1  # -1..1
@@ -44,9 +46,8 @@ def _place(rng, sides):
   """Top-left corners for boxes of the given sides that keep GAP pixels apart, or None."""
   boxes = []
   for side in sides:
-    for _ in range(100):
-      y, x = rng.integers(0, IMAGE_SIZE - side + 1, size=2)
-      box = (int(y), int(x), side)
+    for y, x in rng.integers(0, IMAGE_SIZE - side + 1, size=(100, 2)).tolist():
+      box = (y, x, side)
       if all(_apart(box, other) for other in boxes):
         boxes.append(box)
         break
