@@ -37,9 +37,18 @@ def run(config, mode, workdir, step=None, devices=None):
   return loop.train(config, workdir)
 
 
+class _QuietLibraries:
+  """Drops INFO lines from orbax and TFDS (dozens per checkpoint); warnings still show."""
+  NOISY = ("/orbax/", "/tensorflow_datasets/")
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info("config:\n%s", FLAGS.config)
   try:
     result = run(FLAGS.config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices)

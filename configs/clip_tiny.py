@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.model.vision_heads = c.model.text_heads = 4
   c.model.embed_dim = 128
   c.model.vocab_size = 128
-  c.model.context_length = 16
+  c.model.context_length = 24  # the longest shapes caption is 20 tokens with EOS
   c.data.train = "builtin:shapes:train"
   c.data.eval = "builtin:shapes:test"
   c.train.batch_size = 128

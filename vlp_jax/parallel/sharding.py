@@ -28,6 +28,7 @@ RULES = (
     ("act_embed", None),
     ("act_mlp", "model"),
 )
+MIN_FSDP_SIZE = 4096
 
 
 def _mesh_axes(logical, rules=RULES):
@@ -52,6 +53,13 @@ def spec_for(shape, logical, mesh_shape):
       continue
     used.update(axes)
     spec.append(axes[0] if len(axes) == 1 else axes)
+  fsdp = mesh_shape.get("fsdp", 1)
+  if fsdp > 1 and "fsdp" not in used and math.prod(shape) >= MIN_FSDP_SIZE:
+    # ZeRO-3 shards all it can: give fsdp to the largest free dimension it divides
+    # (position embeddings, biases of scanned layers); tiny arrays are not worth a gather.
+    free = [i for i, (d, a) in enumerate(zip(shape, spec)) if a is None and d % fsdp == 0]
+    if free:
+      spec[max(free, key=lambda i: shape[i])] = "fsdp"
   return P(*spec)
 
 

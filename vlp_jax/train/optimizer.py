@@ -37,4 +37,4 @@ def make(config):
 
 
 def global_norm(tree):
-  return optax.global_norm(jax.tree.leaves(tree))
+  return optax.tree.norm(tree)

@@ -1,0 +1,84 @@
+"""Model facts: causal masking without leaks, end-of-text pooling, sizes of the real configs."""
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import tiny_config
+from vlp_jax import families
+from vlp_jax.models.text import TextTransformer
+from vlp_jax.train import describe
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_causal_text_tower_has_no_future_leak(scan):
+  tower = TextTransformer(vocab_size=50, context_length=10, width=32, depth=2, num_heads=4,
+                          mlp_dim=64, eos_id=1, scan=scan)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(2, 50, size=(2, 10)), jnp.int32)
+  params = tower.init(jax.random.PRNGKey(0), tokens)
+  _, out = tower.apply(params, tokens)
+  for t in range(9):
+    changed = tokens.at[:, t + 1].set((tokens[:, t + 1] + 7) % 48 + 2)
+    _, out2 = tower.apply(params, changed)
+    np.testing.assert_array_equal(out[:, :t + 1], out2[:, :t + 1])
+    assert not np.allclose(out[:, t + 1], out2[:, t + 1]), "the change must matter"
+
+
+def test_text_embedding_pools_at_end_of_text():
+  config = tiny_config()
+  family = families.get_family(config, eos_id=1)
+  tokens = np.array([[5, 6, 7, 1, 0, 0, 0, 0]], np.int32)
+  images = np.zeros((1, 16, 16, 3), np.float32)
+  params = family.init(jax.random.PRNGKey(0), {"image": images, "tokens": tokens})
+  emb = family.encode_text(params, tokens)
+  after_eos = tokens.copy()
+  after_eos[0, 4:] = [9, 9, 9, 9]
+  np.testing.assert_array_equal(emb, family.encode_text(params, after_eos))
+  before_eos = tokens.copy()
+  before_eos[0, 2] = 9
+  assert not np.allclose(emb, family.encode_text(params, before_eos))
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_clip_b16_matches_openai_parameter_count():
+  summary = describe.describe(load_config("clip_b16"), num_devices=256)
+  assert abs(summary["params_total"] - 149.6e6) / 149.6e6 < 0.01
+  assert summary["params/image_tower"] == 86_192_640  # OpenAI ViT-B/16 visual incl. proj
+  # Forward FLOPs of one image-text pair, ~41 GFLOPs for ViT-B/16 CLIP.
+  assert 38e9 < summary["forward_flops_per_example"] < 44e9
+  assert summary["flops_per_example"] == 3 * summary["forward_flops_per_example"]
+
+
+def test_describe_counts_flops_like_the_formula():
+  """FLOPs from the jaxpr equal 2*params*tokens + attention for a tower without embeddings."""
+  c = tiny_config(**{"model.scan": True})
+  m = c.model
+  s = describe.describe(c, num_devices=8)
+  def tower(width, depth, tokens, mlp_ratio):
+    dense = depth * (4 * width * width + 2 * width * int(width * mlp_ratio))
+    return 2 * dense * tokens + depth * 4 * tokens * tokens * width
+  patches = (m.image_size // m.patch_size) ** 2
+  expected = (tower(m.vision_width, m.vision_depth, patches + 1, m.vision_mlp_ratio)
+              + 2 * patches * m.patch_size ** 2 * 3 * m.vision_width
+              + tower(m.text_width, m.text_depth, m.context_length, m.text_mlp_ratio)
+              + 2 * (m.vision_width + m.text_width) * m.embed_dim)
+  assert s["forward_flops_per_example"] == expected
+
+
+def test_fsdp_shards_params_and_optimizer_state():
+  c = load_config("clip_b16")
+  full = describe.describe(c, num_devices=1)
+  pod = describe.describe(c, num_devices=256)
+  assert pod["bytes_per_device/params"] < full["bytes_per_device/params"] / 200
+  assert pod["bytes_per_device/opt_state"] < full["bytes_per_device/opt_state"] / 200
