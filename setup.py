@@ -22,7 +22,7 @@ setuptools.setup(
     version="0.1.0",
     description="Pretraining vision-language models (CLIP, SigLIP, CoCa, ...) in JAX/Flax.",
     packages=setuptools.find_packages(include=["vlp_jax", "vlp_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3"],

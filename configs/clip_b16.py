@@ -1,6 +1,6 @@
 """CLIP ViT-B/16 with the OpenAI sizes, for TPU pods (global batch 32,768).
 
-  python main.py --config=configs/clip_b16.py --mode=describe --devices=256
+  python main.py --config=configs/clip_b16.py --mode=describe --devices=256  # a v4-512 / v5p-512 slice
   python main.py --config=configs/clip_b16.py --workdir=gs://BUCKET/clip_b16 \
       --config.data.train=jsonl:/data/pairs:train --config.data.eval=jsonl:/data/pairs:test
 
@@ -12,7 +12,8 @@ from vlp_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  """Arguments: scan, remat (both on by default; they win on TPU at this depth)."""
+  arg = config_lib.parse_arg(arg, scan=True, remat=True)
   c = config_lib.base_config()
   m = c.model
   m.name = "clip"
@@ -23,8 +24,8 @@ def get_config(arg=None):
   m.embed_dim = 512
   m.activation = "quick_gelu"
   m.dtype = "bfloat16"
-  m.scan = True  # flat compile time in depth
-  m.remat = True  # activation memory of 128 examples per chip
+  m.scan = arg.scan  # flat compile time in depth
+  m.remat = arg.remat  # activation memory of 128 examples per chip
 
   c.data.train = "jsonl:data/pairs:train"  # set to your data
   c.data.eval = ""

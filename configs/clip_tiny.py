@@ -1,15 +1,19 @@
 """CLIP tiny: a CPU quickstart on the built-in shapes data (the default of `make demo`).
 
   python main.py --config=configs/clip_tiny.py --workdir=workdirs/clip_tiny
+  python main.py --config=configs/clip_tiny.py:jsonl=/path/to/folder --workdir=...
+
+Arguments: `jsonl=FOLDER` trains on FOLDER's captions.jsonl (held-out split for eval) with a
+larger vocabulary; `image_size=N` changes the resolution (patches stay 8px).
 """
 from vlp_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  arg = config_lib.parse_arg(arg, jsonl="", image_size=32)
   c = config_lib.base_config()
   c.model.name = "clip"
-  c.model.image_size = 32
+  c.model.image_size = arg.image_size
   c.model.patch_size = 8
   c.model.vision_width = c.model.text_width = 128
   c.model.vision_depth = c.model.text_depth = 2
@@ -19,6 +23,10 @@ def get_config(arg=None):
   c.model.context_length = 24  # the longest shapes caption is 20 tokens with EOS
   c.data.train = "builtin:shapes:train"
   c.data.eval = "builtin:shapes:test"
+  if arg.jsonl:
+    c.data.train = f"jsonl:{arg.jsonl}:train"
+    c.data.eval = f"jsonl:{arg.jsonl}:test"
+    c.model.vocab_size = 2048
   c.train.batch_size = 128
   c.train.steps = 600
   c.train.log_every = 50

@@ -9,15 +9,11 @@
 #   ZONE=us-central2-b tpu/launch.sh clip-b16 configs/clip_b16.py /mnt/shared/clip_b16 \
 #     --config.data.train=jsonl:/mnt/shared/pairs:train
 #
-# Every host runs the same command. jax finds its peers on a TPU pod (this script sets
-# TPU_WORKER_HOSTNAMES to the workers' addresses, which makes main.py call
-# jax.distributed.initialize()); each host reads its own shard of the training data
-# (records host::num_hosts), so the data must be at the same path on every worker.
-# WORKDIR must be one directory that every worker sees (checkpoints are written jointly
-# by all hosts): a shared filesystem such as Filestore NFS mounted at the same path.
-# gs:// URLs are refused: the code writes the workdir with os.* calls and would silently
-# create a local directory named "gs:" on each worker (ALLOW_GCS_WORKDIR=1 overrides this
-# once the code supports them).
+# Every host runs the same command. main.py calls jax.distributed.initialize(), which finds
+# the pod's workers itself; each host reads its own shard of the training data (records
+# host::num_hosts), so the data must be at the same path on every worker. WORKDIR must be
+# one location that every worker sees (checkpoints are written jointly by all hosts): a
+# gs:// bucket or a shared filesystem such as Filestore NFS mounted at the same path.
 #
 # Preemption and restarts: SIGTERM (a Spot/preemptible notice, or tpu/stop.sh) makes the
 # run save a checkpoint and exit; rerunning the same command resumes from the latest
@@ -28,7 +24,7 @@
 # the log (FOLLOW=0 skips it), never the run.
 #
 # Settings (environment variables): ZONE (required), PROJECT, REMOTE_DIR (see
-# common.sh), RUN (log name), FOLLOW (1), ALLOW_GCS_WORKDIR (0).
+# common.sh), RUN (log name), FOLLOW (1).
 set -euo pipefail
 
 if [[ $# -lt 3 || "$1" == -h || "$1" == --help ]]; then
@@ -41,12 +37,6 @@ WORKDIR="$3"
 shift 3
 source "$(dirname "$0")/common.sh"
 RUN="${RUN:-$(date +%Y%m%d-%H%M%S)}"
-
-if [[ "${WORKDIR}" == gs://* && "${ALLOW_GCS_WORKDIR:-0}" != 1 ]]; then
-  echo "error: WORKDIR=${WORKDIR}: gs:// workdirs are not supported by the code yet;" \
-       "use a directory on a filesystem shared by all workers" >&2
-  exit 2
-fi
 
 WORKERS="$(tpu_worker_ips "${NAME}")"
 if [[ -z "${WORKERS}" ]]; then
@@ -71,7 +61,7 @@ tpu_ssh "${NAME}" all "
     exit 1
   fi
   log=logs/${RUN}.worker${WORKER_ID}.log
-  TPU_WORKER_HOSTNAMES=${WORKERS} nohup setsid .venv/bin/python main.py ${ARGS} \
+  nohup setsid .venv/bin/python main.py ${ARGS} \
     > \"\${log}\" 2>&1 < /dev/null &
   echo \$! > logs/main.pid
   echo \"\$(hostname): pid \$! logging to ~/${REMOTE_DIR}/\${log}\""

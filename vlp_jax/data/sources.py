@@ -24,9 +24,16 @@ SPLITS = ("train", "test")
 
 @dataclasses.dataclass(frozen=True)
 class ZeroShotTask:
-  """Class names and prompt templates (each with one '{}') for zero-shot classification."""
+  """Class names and prompt templates (each with one '{}') for zero-shot classification.
+
+  `ensemble` says how a class's prompts combine: "mean" averages their embeddings (CLIP's
+  prompt ensembling, for templates that only vary wording); "max" scores an image by its
+  best-matching prompt, for templates that enumerate other visible attributes (a mean over
+  "a red {}", "a blue {}", ... blurs the class into those attributes).
+  """
   classnames: list
   templates: list
+  ensemble: str = "mean"
 
 
 def shard_size(total, index, count):
@@ -42,7 +49,7 @@ class BuiltinShapes:
   def __init__(self, split, data_dir=""):
     self.split = split
     self.builder = shapes.prepare(data_dir)
-    self.zeroshot_tasks = {task: ZeroShotTask(list(scenes.CLASSNAMES[task]), templates)
+    self.zeroshot_tasks = {task: ZeroShotTask(list(scenes.CLASSNAMES[task]), templates, "max")
                            for task, templates in scenes.zeroshot_templates().items()}
     self.num_records = self.builder.info.splits[split].num_examples
 

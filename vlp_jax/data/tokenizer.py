@@ -7,7 +7,6 @@ ahead of a run and pass it as config.data.tokenizer.
 import argparse
 import io
 import os
-import tempfile
 
 import numpy as np
 import sentencepiece as spm
@@ -32,13 +31,14 @@ def train_tokenizer(captions, vocab_size, out_path):
       model_type="bpe", character_coverage=1.0, num_threads=1,
       pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
       minloglevel=2)
-  folder = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(folder, exist_ok=True)
-  # Written under a temporary name and renamed, so concurrent hosts never read half a file.
-  fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
+  folder = os.path.dirname(out_path) or "."
+  tf.io.gfile.makedirs(folder)
+  # Written under a temporary name and renamed, so concurrent hosts never read half a file;
+  # gfile so that the workdir may be on cloud storage (gs://).
+  tmp = f"{out_path}.{os.getpid()}.tmp"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
     f.write(model.getvalue())
-  os.replace(tmp, out_path)
+  tf.io.gfile.rename(tmp, out_path, overwrite=True)
   return out_path
 
 
@@ -50,7 +50,8 @@ class Tokenizer:
   def __init__(self, model_path, context_length):
     self.model_path = model_path
     self.context_length = context_length
-    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    with tf.io.gfile.GFile(model_path, "rb") as f:  # local or gs:// paths
+      self.sp = spm.SentencePieceProcessor(model_proto=f.read())
     self.vocab_size = self.sp.get_piece_size()
     self.eos_id = self.sp.eos_id()
     if self.eos_id < 0:
@@ -91,11 +92,11 @@ def get_tokenizer(config, workdir):
   path = config.data.tokenizer
   if not path:
     path = os.path.join(workdir, "tokenizer.model")
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
       source = sources.get_source(config.data.train, config.data.holdout_percent,
                                   config.data.data_dir)
       train_tokenizer(source.captions(), config.model.vocab_size, path)
-  elif not os.path.isfile(path):
+  elif not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
     raise ValueError(f"config.data.tokenizer={path!r} does not exist")
   tok = Tokenizer(path, config.model.context_length)
   if tok.vocab_size > config.model.vocab_size:

@@ -52,12 +52,17 @@ class Encoder:
     return self._run(self._text, params, tokens)
 
 
-def class_embeddings(encoder, params, tokenizer, task):
-  """Average of the normalised prompt embeddings per class, renormalised (CLIP's ensemble)."""
+def class_scores(encoder, params, tokenizer, task, image_emb):
+  """[N, C] image-class scores from the task's prompts, combined as `task.ensemble` says."""
   prompts = [t.format(name) for name in task.classnames for t in task.templates]
   emb = encoder.texts(params, tokenizer.encode(prompts))
-  emb = emb.reshape(len(task.classnames), len(task.templates), -1).mean(axis=1)
-  return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  emb = emb.reshape(len(task.classnames), len(task.templates), -1)
+  if task.ensemble == "max":
+    return np.einsum("nd,ctd->nct", image_emb, emb).max(axis=-1)
+  if task.ensemble != "mean":
+    raise ValueError(f"Unknown prompt ensemble {task.ensemble!r} (mean or max)")
+  emb = emb.mean(axis=1)  # CLIP: average the normalised prompt embeddings, renormalise
+  return image_emb @ (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).T
 
 
 def evaluate(encoder, params, tokenizer, eval_sets):
@@ -73,8 +78,8 @@ def evaluate(encoder, params, tokenizer, eval_sets):
       labels = ev.labels[task_name]
       if not np.any(labels >= 0):
         continue
-      cls = class_embeddings(encoder, params, tokenizer, task)
-      for key, value in metrics.zeroshot(img, cls, labels).items():
+      scores = class_scores(encoder, params, tokenizer, task, img)
+      for key, value in metrics.zeroshot(scores, labels).items():
         results[f"zeroshot/{ev.name}_{task_name}/{key}"] = value
     logging.info("evaluated %s (%d examples) in %.1fs", ev.name, len(ev.images),
                  time.time() - start)

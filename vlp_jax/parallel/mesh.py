@@ -50,17 +50,20 @@ def batch_size_per_shard(global_batch, mesh, field="train.batch_size"):
 
 
 def initialize_distributed():
-  """Joins the other hosts when launched on several (TPU pods, SLURM, or explicit env vars).
+  """Joins the other hosts when launched on several; a no-op on a single machine.
 
-  On a TPU pod jax finds its peers itself; elsewhere set JAX_COORDINATOR_ADDRESS,
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host.
+  jax finds its peers itself on Cloud TPU pods, SLURM, Open MPI and Kubernetes; elsewhere
+  set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host.
   """
   address = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if address:
     jax.distributed.initialize(address, int(os.environ["JAX_NUM_PROCESSES"]),
                                int(os.environ["JAX_PROCESS_ID"]))
-  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") or "SLURM_JOB_ID" in os.environ:
-    jax.distributed.initialize()
+  else:
+    try:
+      jax.distributed.initialize()
+    except ValueError as e:  # no cluster environment detected: a single process
+      logging.info("single process (%s)", e)
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 

@@ -16,7 +16,9 @@ from jax.experimental import multihost_utils
 class Checkpointer:
 
   def __init__(self, workdir, every, keep):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    directory = os.path.join(workdir, "checkpoints")
+    # orbax takes local paths and gs:// URLs; only local ones need to be made absolute.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
@@ -66,11 +68,17 @@ class Checkpointer:
 
 
 class StopSignal:
-  """Turns SIGTERM (preemption notice, `kill`) into a request to save and exit cleanly."""
+  """Turns SIGTERM (preemption notice, `kill`) into a request to save and exit cleanly.
+
+  Single process only: with several processes, jax's preemption sync manager receives the
+  signal and `Checkpointer.reached_preemption` makes every host stop at the same step.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del frame
@@ -78,4 +86,5 @@ class StopSignal:
     self.requested = True
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -14,6 +14,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from vlp_jax import config_lib, data, families
+from vlp_jax.data.tf_setup import tf
 from vlp_jax.evaluate import runner
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding
@@ -41,7 +42,7 @@ def setup(config, workdir):
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.batch_size_per_shard(config.train.batch_size // config.train.accum_steps, mesh,
                                 "train.batch_size / train.accum_steps")
-  os.makedirs(workdir, exist_ok=True)
+  tf.io.gfile.makedirs(workdir)
   tokenizer = data.get_tokenizer(config, workdir)
   family = families.get_family(config, tokenizer.eos_id)
   tx, lr_fn = optimizer.make(config)
@@ -86,12 +87,13 @@ class MetricsLog:
   def __init__(self, workdir):
     self.primary = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    # Cloud storage cannot append, so remote workdirs rely on the TensorBoard events alone.
+    self.path = None if "://" in workdir else os.path.join(workdir, "metrics.jsonl")
 
   def write(self, step, scalars):
     scalars = {k: float(v) for k, v in scalars.items()}
     self.writer.write_scalars(step, scalars)
-    if self.primary:
+    if self.primary and self.path:
       with open(self.path, "a") as f:
         f.write(json.dumps(dict(step=step, **scalars)) + "\n")
 
