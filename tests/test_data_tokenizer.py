@@ -43,13 +43,6 @@ def test_truncation_ends_with_eos(model_path):
   assert (tokens != 0).all() and tokens[0, -1] == tok.eos_id
 
 
-def test_tf_encode_matches_numpy(model_path):
-  tok = data.Tokenizer(model_path, context_length=32)
-  tf = data.tokenizer.tf
-  graph = tok.tf_encode(tf.constant([c.encode() for c in CAPTIONS[:5]]))
-  np.testing.assert_array_equal(graph.numpy(), tok.encode(CAPTIONS[:5]))
-
-
 def _config(train_spec, tokenizer="", vocab_size=128):
   c = config_lib.base_config()
   c.data.train = train_spec

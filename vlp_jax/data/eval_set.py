@@ -28,24 +28,28 @@ def load_eval_set(spec, config, tok, data_dir="", holdout_percent=10):
   ds = pipeline.process(
       stream, image_size=config.model.image_size, augment="none", crop_min_scale=1.0,
       seed=config.seed, num_parallel_calls=config.data.num_parallel_calls, first_index=0,
-      epoch_size=source.num_records + 1, source_name=source.name)
+      epoch_size=source.num_records + 1)
   limit = config.eval.max_examples
   if limit > 0:
     ds = ds.take(limit)
-  ds = ds.batch(max(1, config.eval.batch_size)).map(pipeline.tokenize_batch(tok))
+  ds = ds.batch(max(1, config.eval.batch_size))
   parts = list(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
   if not parts:
     raise ValueError(f"Eval set {spec!r} has no usable record")
   cat = lambda k: np.concatenate([p[k] for p in parts])
+  skip_log = pipeline.SkipLog(source.name)
+  for p in parts:
+    for i in range(len(p["index"])):
+      skip_log.update(p["counts"][i], p["last_reason"][i], p["last_key"][i], p["last_path"][i])
   counts = parts[-1]["counts"][-1].copy()
   kept = sum(len(p["index"]) for p in parts)
   if limit <= 0 or kept < limit:  # read to the end: failures after the last good record too
     counts[-1] = source.num_records - kept - counts[:-1].sum()
   tasks = source.zeroshot_tasks
+  captions = [c.decode("utf-8") for c in cat("caption")]
   return EvalSet(
       name=source.name, images=cat("image").astype(np.float32),
-      tokens=cat("tokens").astype(np.int32),
-      captions=[c.decode("utf-8") for c in cat("caption")],
+      tokens=tok.encode(captions), captions=captions,
       labels={t: cat("label_" + t).astype(np.int32) for t in tasks},
       zeroshot_tasks=tasks,
       skipped=dict(zip(checks.ALL_REASONS, (int(c) for c in counts))))

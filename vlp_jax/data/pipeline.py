@@ -6,6 +6,7 @@ gaps in the stream index. Every element carries its stream `index` and the cumul
 `counts` per reason (checks.ALL_REASONS order), so the consumer knows both exactly.
 """
 from absl import logging
+import numpy as np
 
 from vlp_jax.data import checks
 from vlp_jax.data import preprocess
@@ -13,61 +14,65 @@ from vlp_jax.data.tf_setup import tf
 
 
 class SkipLog:
-  """Logs each skipped record the first time it is seen (epochs repeat them)."""
+  """Logs skipped records from the counters the pipeline carries, on the Python side.
+
+  Logging happens here, not in a tf.py_function inside the pipeline: a Python callback in
+  flight while the iterator is destroyed deadlocks on the GIL (seen at the end of runs).
+  Each check failure is logged once per (reason, key); decode failures by count.
+  """
 
   def __init__(self, source_name):
     self.source_name = source_name
     self.seen = set()
+    self.counts = None
 
-  def __call__(self, reason, key, path):
-    reason = checks.REASONS[int(reason) - 1]
-    key = key.numpy().decode("utf-8", "replace")
-    if (reason, key) not in self.seen:
-      self.seen.add((reason, key))
-      path = path.numpy().decode("utf-8", "replace")
-      logging.warning("Skipping record of %s: reason=%s key=%s file=%s",
-                      self.source_name, reason, key, path or "(inline)")
-    return 0
+  def update(self, counts, last_reason, last_key, last_path):
+    """`counts`: cumulative per checks.ALL_REASONS; `last_*`: the latest check failure."""
+    counts = np.asarray(counts)
+    previous = np.zeros_like(counts) if self.counts is None else self.counts
+    self.counts = counts
+    if last_reason > 0 and counts[int(last_reason) - 1] > previous[int(last_reason) - 1]:
+      reason = checks.REASONS[int(last_reason) - 1]
+      key = last_key.decode("utf-8", "replace")
+      if (reason, key) not in self.seen:
+        self.seen.add((reason, key))
+        logging.warning("Skipping record of %s: reason=%s key=%s file=%s", self.source_name,
+                        reason, key, last_path.decode("utf-8", "replace") or "(inline)")
+    new_errors = int(counts[-1] - previous[-1])
+    if new_errors > 0:
+      logging.warning("Skipped %d record(s) of %s that failed to decode", new_errors,
+                      self.source_name)
 
 
-def _count_checks(skip_log, epoch_size):
-  """Scan function: cumulative counts per check reason, and whether a whole epoch failed."""
+def _count_checks(epoch_size):
+  """Scan function: cumulative counts per check reason, the latest failure, and whether a
+  whole epoch failed."""
   num = len(checks.REASONS)
 
   def scan(state, record):
-    counts, run = state
+    counts, run, last = state
     reason = record["reason"]
     bad = reason > 0
     counts = counts + tf.one_hot(reason - 1, num, dtype=tf.int64)  # all zero when reason == 0
-    logged = tf.cond(bad, lambda: tf.py_function(
-        skip_log, [reason, record["key"], record["path"]], tf.int32), lambda: 0)
-    run = tf.where(bad, run + 1, 0) + tf.cast(logged, tf.int64) * 0  # keeps the logging op
-    out = dict(record, counts=counts, dead=run >= epoch_size)
-    return (counts, run), out
+    run = tf.where(bad, run + 1, 0)
+    last = tuple(tf.where(bad, new, old) for new, old in
+                 zip((tf.cast(reason, tf.int64), record["key"], record["path"]), last))
+    out = dict(record, counts=counts, dead=run >= epoch_size, last_reason=last[0],
+               last_key=last[1], last_path=last[2])
+    return (counts, run, last), out
 
-  init = (tf.zeros([num], tf.int64), tf.constant(0, tf.int64))
+  init = (tf.zeros([num], tf.int64), tf.constant(0, tf.int64),
+          (tf.constant(0, tf.int64), tf.constant(""), tf.constant("")))
   return init, scan
 
 
-def _log_decode_errors(source_name):
-  def log(new, index):
-    logging.warning("Skipping %d record(s) of %s that failed to decode, just before stream "
-                    "index %d", int(new), source_name, int(index))
-    return 0
-  return log
-
-
-def _count_decode_errors(first_index, source_name):
+def _count_decode_errors(first_index):
   """Scan function: records missing between consecutive indices that no check removed."""
-  log = _log_decode_errors(source_name)
 
   def scan(state, record):
     last_index, last_checked, errors = state
     checked = tf.reduce_sum(record["counts"])
-    new = (record["index"] - last_index - 1) - (checked - last_checked)
-    logged = tf.cond(new > 0, lambda: tf.py_function(log, [new, record["index"]], tf.int32),
-                     lambda: 0)
-    errors += new + tf.cast(logged, tf.int64) * 0  # keeps the logging op in the graph
+    errors += (record["index"] - last_index - 1) - (checked - last_checked)
     out = dict(record, counts=tf.concat([record["counts"], [errors]], 0))
     return (record["index"], checked, errors), out
 
@@ -77,16 +82,15 @@ def _count_decode_errors(first_index, source_name):
 
 
 def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_calls,
-            first_index, epoch_size, source_name):
+            first_index, epoch_size):
   """Good records of `stream` (dicts with `index`), decoded and preprocessed, unbatched.
 
   Output elements: image float32 [S, S, 3], caption (valid UTF-8 bytes), index, counts,
   and any label_* fields of the source. The stream ends if `epoch_size` records in a row
   fail the checks (a source with nothing usable would otherwise spin forever).
   """
-  skip_log = SkipLog(source_name)
   ds = stream.map(checks.check, num_parallel_calls=num_parallel_calls, deterministic=True)
-  ds = ds.scan(*_count_checks(skip_log, epoch_size))
+  ds = ds.scan(*_count_checks(epoch_size))
   ds = ds.take_while(lambda r: tf.logical_not(r["dead"]))
   ds = ds.filter(lambda r: r["reason"] == 0)
 
@@ -95,17 +99,12 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
     image = preprocess.preprocess(record["image"], image_size, augment, crop_min_scale,
                                   crop_seed)
     out = dict(image=image, caption=record["caption"], index=record["index"],
-               counts=record["counts"])
+               counts=record["counts"], last_reason=record["last_reason"],
+               last_key=record["last_key"], last_path=record["last_path"])
     out.update({k: v for k, v in record.items() if k.startswith("label_")})
     return out
 
   ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.ignore_errors()
-  return ds.scan(*_count_decode_errors(first_index, source_name))
+  return ds.scan(*_count_decode_errors(first_index))
 
-
-def tokenize_batch(tok):
-  """Batch map function adding `tokens` from the (UTF-8) `caption` strings."""
-  def fn(batch):
-    return dict(batch, tokens=tok.tf_encode(batch["caption"]))
-  return fn

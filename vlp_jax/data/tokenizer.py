@@ -76,14 +76,6 @@ class Tokenizer:
       texts.append(self.sp.decode([i for i in ids if i != self.pad_id]))
     return texts
 
-  def tf_encode(self, captions):
-    """In-graph form of `encode` for a 1-D string tensor (UTF-8 bytes)."""
-    def encode(raw):
-      return self.encode([c.decode("utf-8") for c in raw])
-    tokens = tf.numpy_function(encode, [captions], tf.int32, stateful=False)
-    tokens.set_shape([captions.shape[0], self.context_length])
-    return tokens
-
 
 def get_tokenizer(config, workdir):
   """The tokenizer of config.data.tokenizer, or one trained on data.train's captions."""

@@ -5,7 +5,6 @@ shard in an order shuffled with a seed from (config.seed, e). `position` counts 
 consumed, so resuming just skips that many cheap records (no file reads, no decoding) and
 then yields exactly the batches an uninterrupted run would have.
 """
-import numpy as np
 
 from vlp_jax.data import checks
 from vlp_jax.data import pipeline
@@ -62,12 +61,14 @@ class TrainIterator:
         stream, image_size=config.model.image_size, augment=d.augment,
         crop_min_scale=d.crop_min_scale, seed=config.seed,
         num_parallel_calls=d.num_parallel_calls, first_index=self.position,
-        epoch_size=epoch_size, source_name=self.source.name)
+        epoch_size=epoch_size)
     ds = ds.batch(self.batch_size, drop_remainder=True)
-    ds = ds.map(pipeline.tokenize_batch(tok))
-    ds = ds.map(lambda b: dict(image=b["image"], tokens=b["tokens"], index=b["index"][-1],
-                               counts=b["counts"][-1]))
+    ds = ds.map(lambda b: dict(image=b["image"], caption=b["caption"], index=b["index"][-1],
+                               counts=b["counts"][-1], last_reason=b["last_reason"][-1],
+                               last_key=b["last_key"][-1], last_path=b["last_path"][-1]))
     self._iter = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    self._tok = tok
+    self._skip_log = pipeline.SkipLog(self.source.name)
 
   def __iter__(self):
     return self
@@ -81,4 +82,9 @@ class TrainIterator:
           f"checks (skipped so far: {self.skipped}); nothing to train on") from None
     self.position = int(batch["index"]) + 1
     self.skipped = dict(zip(checks.ALL_REASONS, (int(c) for c in batch["counts"])))
-    return dict(image=batch["image"], tokens=np.asarray(batch["tokens"], np.int32))
+    self._skip_log.update(batch["counts"], batch["last_reason"], batch["last_key"],
+                          batch["last_path"])
+    # Tokenised here rather than in a tf.numpy_function: Python callbacks inside tf.data
+    # deadlock the iterator's teardown (see pipeline.SkipLog).
+    tokens = self._tok.encode([c.decode("utf-8") for c in batch["caption"]])
+    return dict(image=batch["image"], tokens=tokens)

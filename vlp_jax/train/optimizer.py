@@ -3,9 +3,11 @@ import flax
 import jax
 import optax
 
-# Weight decay applies to dense/conv kernels only: not to biases, norms, the temperature,
-# token/position embeddings or learned tokens (all named otherwise by the models).
-DECAYED_NAMES = ("kernel",)
+
+def decays(name):
+  """Weight decay applies to dense/conv/attention kernels only: not to biases, norms, the
+  temperature, token/position embeddings or learned tokens (all named otherwise)."""
+  return name == "kernel" or name.endswith("_kernel")
 
 
 def schedule(o, total_steps):
@@ -21,7 +23,7 @@ def schedule(o, total_steps):
 def decay_mask(params):
   flat = flax.traverse_util.flatten_dict(params)
   return flax.traverse_util.unflatten_dict(
-      {path: path[-1] in DECAYED_NAMES for path in flat})
+      {path: decays(path[-1]) for path in flat})
 
 
 def make(config):
