@@ -29,9 +29,7 @@ def run(config, mode, workdir, step=None, devices=None):
     return describe.describe(config, devices)
   if not workdir:
     raise ValueError(f"--workdir is required for --mode={mode}")
-  from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from vlp_jax.train import loop  # pylint: disable=g-import-not-at-top
-  mesh_lib.initialize_distributed()
   if mode == "eval":
     return loop.evaluate_checkpoint(config, workdir, step)
   return loop.train(config, workdir)
@@ -50,6 +48,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info("config:\n%s", FLAGS.config)
+  if FLAGS.mode != "describe":
+    from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    mesh_lib.initialize_distributed()  # before anything touches the devices
   try:
     result = run(FLAGS.config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices)
   except ValueError as e:
