@@ -75,7 +75,7 @@ def base_config():
   c.data.shuffle_buffer = 10_000
   c.data.augment = "none"  # none: resize; crop: random resized crop (no flip: captions say left/right)
   c.data.crop_min_scale = 0.6
-  c.data.num_parallel_calls = -1  # -1: tf.data AUTOTUNE
+  c.data.num_parallel_calls = -1  # -1: one per CPU core
   c.data.prefetch = 2  # batches placed on the devices ahead of the step
 
   c.train = ConfigDict()

@@ -6,7 +6,6 @@ import numpy as np
 from vlp_jax.data import checks
 from vlp_jax.data import pipeline
 from vlp_jax.data import sources
-from vlp_jax.data.tf_setup import tf
 
 
 @dataclasses.dataclass
@@ -33,7 +32,7 @@ def load_eval_set(spec, config, tok, data_dir="", holdout_percent=10):
   if limit > 0:
     ds = ds.take(limit)
   ds = ds.batch(max(1, config.eval.batch_size))
-  parts = list(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+  parts = list(pipeline.iterate(ds))
   if not parts:
     raise ValueError(f"Eval set {spec!r} has no usable record")
   cat = lambda k: np.concatenate([p[k] for p in parts])

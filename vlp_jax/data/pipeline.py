@@ -5,6 +5,8 @@ decode and preprocess (parallel, deterministic) -> drop decode failures -> count
 gaps in the stream index. Every element carries its stream `index` and the cumulative
 `counts` per reason (checks.ALL_REASONS order), so the consumer knows both exactly.
 """
+import os
+
 from absl import logging
 import numpy as np
 
@@ -81,6 +83,22 @@ def _count_decode_errors(first_index):
   return init, scan
 
 
+def parallelism(num_parallel_calls):
+  """-1 means one call per CPU core (tf.data's autotuner is off, see `iterate`)."""
+  return os.cpu_count() or 1 if num_parallel_calls in (-1, None) else num_parallel_calls
+
+
+def iterate(ds, prefetch=2):
+  """A numpy iterator over `ds` with tf.data's autotuner off.
+
+  The autotuner's model thread sleeps up to 60 s between optimisations and the iterator's
+  destructor waits for it, which held up the end of every long run by up to a minute.
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return ds.prefetch(prefetch).with_options(options).as_numpy_iterator()
+
+
 def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_calls,
             first_index, epoch_size):
   """Good records of `stream` (dicts with `index`), decoded and preprocessed, unbatched.
@@ -89,6 +107,7 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
   and any label_* fields of the source. The stream ends if `epoch_size` records in a row
   fail the checks (a source with nothing usable would otherwise spin forever).
   """
+  num_parallel_calls = parallelism(num_parallel_calls)
   ds = stream.map(checks.check, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.scan(*_count_checks(epoch_size))
   ds = ds.take_while(lambda r: tf.logical_not(r["dead"]))

@@ -66,7 +66,7 @@ class TrainIterator:
     ds = ds.map(lambda b: dict(image=b["image"], caption=b["caption"], index=b["index"][-1],
                                counts=b["counts"][-1], last_reason=b["last_reason"][-1],
                                last_key=b["last_key"][-1], last_path=b["last_path"][-1]))
-    self._iter = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    self._iter = pipeline.iterate(ds)
     self._tok = tok
     self._skip_log = pipeline.SkipLog(self.source.name)
 
