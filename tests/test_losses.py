@@ -1,31 +1,49 @@
-"""Contrastive losses on 8 simulated devices against an unsharded float64 reference."""
+"""Contrastive losses on 8 simulated devices against unsharded float64 references.
+
+Every implementation (all-gather and ring; softmax and sigmoid) must give the reference's
+loss and gradients with respect to both embeddings and the scalars, on several meshes.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vlp_jax import losses
 from vlp_jax.losses import contrastive
 from vlp_jax.parallel import mesh as mesh_lib
 
 
-def reference_infonce(img, txt, scale):
+def reference_softmax(img, txt, scale):
   """Symmetric InfoNCE in float64 numpy: mean over rows of both directions' NLL."""
   logits = scale * img @ txt.T
   def nll(l):
     m = l.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(l - m).sum(axis=1))
-    return lse - np.diag(l)
+    return m[:, 0] + np.log(np.exp(l - m).sum(axis=1)) - np.diag(l)
   return (nll(logits).mean() + nll(logits.T).mean()) / 2
 
 
-def numeric_grad(f, x, eps=1e-6):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    d = np.zeros_like(x)
-    d[idx] = eps
-    g[idx] = (f(x + d) - f(x - d)) / (2 * eps)
-  return g
+def reference_sigmoid(img, txt, scale, bias):
+  """SigLIP in float64 numpy: -1/B sum_ij log sigmoid(z_ij (t x_i.y_j + b))."""
+  logits = scale * img @ txt.T + bias
+  z = 2 * np.eye(len(img)) - 1
+  return np.sum(np.logaddexp(0, -z * logits)) / len(img)
+
+
+def numeric_grads(f, args, eps=1e-6):
+  """Central differences of f with respect to every element of every argument."""
+  grads = []
+  for a, x in enumerate(args):
+    x = np.asarray(x, np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+      d = np.zeros_like(x)
+      d[idx] = eps
+      hi = list(args); hi[a] = x + d
+      lo = list(args); lo[a] = x - d
+      g[idx] = (f(*hi) - f(*lo)) / (2 * eps)
+    grads.append(g)
+  return grads
 
 
 @pytest.fixture(scope="module")
@@ -36,42 +54,50 @@ def pairs():
   txt = img + 0.8 * rng.normal(size=(b, d))
   img /= np.linalg.norm(img, axis=1, keepdims=True)
   txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-  return img, txt, 3.7
+  return img, txt
 
 
-@pytest.mark.parametrize("axes", [dict(data=8, fsdp=1, model=1), dict(data=2, fsdp=4, model=1),
-                                  dict(data=2, fsdp=2, model=2)])
-def test_softmax_allgather_matches_float64_reference(pairs, axes):
-  img, txt, scale = pairs
-  mesh = mesh_lib.make_mesh(axes)
-  loss_fn = contrastive.sharded(contrastive.softmax_allgather, mesh, mesh_lib.BATCH_AXES)
+CASES = [("softmax", impl, reference_softmax, (3.7,)) for impl in ("allgather", "ring")] + [
+    ("sigmoid", impl, reference_sigmoid, (10.0, -4.0)) for impl in ("allgather", "ring")]
+MESHES = [dict(data=8, fsdp=1, model=1), dict(data=2, fsdp=4, model=1),
+          dict(data=2, fsdp=2, model=2)]
+
+
+def sharded_value_and_grads(kind, impl, mesh_axes, img, txt, scalars):
+  mesh = mesh_lib.make_mesh(mesh_axes)
+  table = losses.SOFTMAX if kind == "softmax" else losses.SIGMOID
+  loss_fn = contrastive.sharded(table[impl], mesh, mesh_lib.BATCH_AXES, len(scalars))
   sh = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
+  argnums = tuple(range(2 + len(scalars)))
 
   @jax.jit
-  def value_and_grads(i, t, s):
-    return jax.value_and_grad(lambda i, t, s: loss_fn(i, t, s)[0], argnums=(0, 1, 2))(i, t, s)
+  def run(*args):
+    (loss, metrics), grads = jax.value_and_grad(lambda *a: loss_fn(*a), argnums, has_aux=True)(*args)
+    return loss, metrics, grads
 
   with jax.set_mesh(mesh):
-    i = jax.device_put(jnp.asarray(img, jnp.float32), sh)
-    t = jax.device_put(jnp.asarray(txt, jnp.float32), sh)
-    loss, (gi, gt, gs) = value_and_grads(i, t, jnp.float32(scale))
-
-  ref = reference_infonce(img, txt, scale)
-  np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(gi), numeric_grad(lambda x: reference_infonce(x, txt, scale), img),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(gt), numeric_grad(lambda x: reference_infonce(img, x, scale), txt),
-                             rtol=1e-4, atol=1e-6)
-  gs_ref = (reference_infonce(img, txt, scale + 1e-6) - reference_infonce(img, txt, scale - 1e-6)) / 2e-6
-  np.testing.assert_allclose(float(gs), gs_ref, rtol=1e-4)
+    args = [jax.device_put(jnp.asarray(x, jnp.float32), sh) for x in (img, txt)]
+    args += [jnp.float32(s) for s in scalars]
+    return run(*args)
 
 
-def test_softmax_allgather_accuracy_metrics(pairs):
-  img, txt, scale = pairs
-  mesh = mesh_lib.make_mesh(dict(data=8, fsdp=1, model=1))
-  loss_fn = jax.jit(contrastive.sharded(contrastive.softmax_allgather, mesh, mesh_lib.BATCH_AXES))
-  _, metrics = loss_fn(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32),
-                       jnp.float32(scale))
+@pytest.mark.parametrize("mesh_axes", MESHES, ids=["data8", "data2_fsdp4", "data2_fsdp2_model2"])
+@pytest.mark.parametrize("kind,impl,reference,scalars", CASES,
+                         ids=[f"{k}_{i}" for k, i, _, _ in CASES])
+def test_loss_and_grads_match_float64_reference(pairs, mesh_axes, kind, impl, reference, scalars):
+  img, txt = pairs
+  loss, _, grads = sharded_value_and_grads(kind, impl, mesh_axes, img, txt, scalars)
+  np.testing.assert_allclose(float(loss), reference(img, txt, *scalars), rtol=1e-5)
+  expected = numeric_grads(reference, [img, txt, *scalars])
+  for got, want in zip(grads, expected):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,impl,reference,scalars", CASES,
+                         ids=[f"{k}_{i}" for k, i, _, _ in CASES])
+def test_in_batch_accuracy_metrics(pairs, kind, impl, reference, scalars):
+  img, txt = pairs
+  _, metrics, _ = sharded_value_and_grads(kind, impl, MESHES[1], img, txt, scalars)
   sims = img @ txt.T
   np.testing.assert_allclose(float(metrics["i2t_top1"]),
                              np.mean(sims.argmax(axis=1) == np.arange(len(img))))

@@ -9,7 +9,7 @@ import ml_collections
 ConfigDict = ml_collections.ConfigDict
 
 MODEL_NAMES = ("clip",)
-CONTRASTIVE_IMPLS = ("allgather",)
+CONTRASTIVE_IMPLS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("none", "crop")

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 
+from vlp_jax import losses
 from vlp_jax.losses import contrastive
 from vlp_jax.models import clip as clip_model
 from vlp_jax.parallel.mesh import BATCH_AXES
@@ -13,7 +14,7 @@ class ClipFamily:
   def __init__(self, config, eos_id):
     self.config = config
     self.module = clip_model.from_config(config.model, eos_id)
-    self.loss_impl = contrastive.IMPLEMENTATIONS[config.loss.contrastive]
+    self.loss_impl = losses.SOFTMAX[config.loss.contrastive]
 
   def example_batch(self, batch_size):
     m = self.config.model

@@ -1,4 +1,4 @@
-"""Contrastive losses between image and text embeddings, sharded over the batch axes.
+"""All-gather contrastive losses between image and text embeddings (ring forms: ring.py).
 
 Each function here runs per device inside `shard_map` and takes the name(s) of the mesh
 axes the batch is split over; `sharded` wraps one for a mesh.
@@ -50,11 +50,34 @@ def softmax_allgather(img, txt, logit_scale, axis_name):
   return loss, metrics
 
 
-IMPLEMENTATIONS = {"allgather": softmax_allgather}
+def sigmoid_allgather(img, txt, scale, bias, axis_name):
+  """SigLIP's pairwise sigmoid loss over the global batch:
+
+    loss = -1/B * sum_ij log sigmoid(z_ij * (t <img_i, txt_j> + b)),  z = +1 if i == j else -1.
+
+  Each device all-gathers the texts (B x D) and scores its own b images against them; the
+  gradient flows back through the gather. Per-device memory: O(B*D + b*B).
+  """
+  b = img.shape[0]
+  all_txt = jax.lax.all_gather(txt, axis_name, tiled=True)
+  global_b = all_txt.shape[0]
+  labels = jax.lax.axis_index(axis_name) * b + jnp.arange(b)
+  logits = scale * img @ all_txt.T + bias
+  z = jnp.where(labels[:, None] == jnp.arange(global_b)[None, :], 1.0, -1.0)
+  loss = -jax.lax.psum(jnp.sum(jax.nn.log_sigmoid(z * logits)), axis_name) / global_b
+  all_img = jax.lax.all_gather(jax.lax.stop_gradient(img), axis_name, tiled=True)
+  t2i = scale * jax.lax.stop_gradient(txt) @ all_img.T
+  hits = lambda l: jnp.sum(jnp.argmax(l, axis=1) == labels)
+  metrics = {
+      "i2t_top1": jax.lax.psum(hits(logits), axis_name) / global_b,
+      "t2i_top1": jax.lax.psum(hits(t2i), axis_name) / global_b,
+  }
+  return loss, metrics
 
 
-def sharded(fn, mesh, batch_axes):
-  """Runs a per-device contrastive loss over `mesh`, embeddings split along `batch_axes`."""
+def sharded(fn, mesh, batch_axes, num_scalars=1):
+  """Runs a per-device contrastive loss over `mesh`, embeddings split along `batch_axes`;
+  the `num_scalars` arguments after the embeddings (scale, bias) are replicated."""
   return jax.shard_map(
       functools.partial(fn, axis_name=batch_axes), mesh=mesh,
-      in_specs=(P(batch_axes), P(batch_axes), P()), out_specs=(P(), P()))
+      in_specs=(P(batch_axes), P(batch_axes)) + (P(),) * num_scalars, out_specs=(P(), P()))
