@@ -53,6 +53,21 @@ def test_eight_devices_match_one(one_device, mesh):
   assert_same(run_steps(config, jax.devices()), one_device)
 
 
+def test_ring_loss_step_on_eight_devices_matches_allgather_on_one(one_device):
+  config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 4, "loss.contrastive": "ring"})
+  assert_same(run_steps(config, jax.devices()), one_device)
+
+
+def test_siglip_ring_on_eight_devices_matches_allgather_on_one():
+  siglip = {"model.name": "siglip", "model.logit_scale_init": 10.0,
+            "model.logit_scale_max": 0.0, "model.image_pool": "map",
+            "model.text_causal": False, "model.text_pool": "last"}
+  reference = run_steps(tiny_config(**siglip, **{"mesh.data": 1}), jax.devices()[:1])
+  ring = run_steps(tiny_config(**siglip, **{"mesh.data": 8, "loss.contrastive": "ring"}),
+                   jax.devices())
+  assert_same(ring, reference)
+
+
 def test_params_really_change(one_device):
   """Guards the equivalence test: a step that did nothing would pass it vacuously."""
   config = tiny_config(**{"mesh.data": 1, "train.steps": 1})

@@ -8,7 +8,7 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-MODEL_NAMES = ("clip",)
+MODEL_NAMES = ("clip", "siglip")
 CONTRASTIVE_IMPLS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "constant")
@@ -60,8 +60,12 @@ def base_config():
   c.model.text_heads = 2
   c.model.text_mlp_ratio = 4.0
   c.model.activation = "gelu"  # gelu (exact), gelu_tanh or quick_gelu (OpenAI CLIP)
-  c.model.logit_scale_init = 1 / 0.07
-  c.model.logit_scale_max = 100.0
+  c.model.image_pool = "cls"  # cls: class token (CLIP); map: attention pooling (SigLIP)
+  c.model.text_causal = True
+  c.model.text_pool = "eos"  # eos: at the end-of-text token (CLIP); last: last position
+  c.model.logit_scale_init = 1 / 0.07  # SigLIP: 10
+  c.model.logit_scale_max = 100.0  # 0: no cap (SigLIP)
+  c.model.logit_bias_init = -10.0  # SigLIP only
 
   c.loss = ConfigDict()
   c.loss.contrastive = "allgather"
@@ -77,6 +81,7 @@ def base_config():
   c.data.crop_min_scale = 0.6
   c.data.num_parallel_calls = -1  # -1: one per CPU core
   c.data.prefetch = 2  # batches placed on the devices ahead of the step
+  c.data.shard_cycle = 4  # wds: shards read at once, interleaved; each is held in memory whole
 
   c.train = ConfigDict()
   c.train.batch_size = 64  # global, over all hosts and devices
@@ -143,6 +148,8 @@ def validate(config):
     width, heads = m[f"{tower}_width"], m[f"{tower}_heads"]
     _require(width % heads == 0, f"model.{tower}_width",
              f"{width} is not divisible by model.{tower}_heads={heads}")
+  _require(m.image_pool in ("cls", "map"), "model.image_pool", f"{m.image_pool!r} is not cls or map")
+  _require(m.text_pool in ("eos", "last"), "model.text_pool", f"{m.text_pool!r} is not eos or last")
   _require(m.activation in ("gelu", "gelu_tanh", "quick_gelu"), "model.activation",
            f"{m.activation!r} is not gelu, gelu_tanh or quick_gelu")
   _require(t.batch_size > 0, "train.batch_size", "must be positive")

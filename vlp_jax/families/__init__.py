@@ -4,9 +4,9 @@ A family bundles its module, the batch fields it reads, its per-example forward 
 (`features`), its global loss and its evaluation hooks. The trainer and the evaluators
 only talk to this interface, so adding SigLIP or CoCa never touches the loop.
 """
-from vlp_jax.families.clip import ClipFamily
+from vlp_jax.families.clip import ClipFamily, SiglipFamily
 
-FAMILIES = {"clip": ClipFamily}
+FAMILIES = {"clip": ClipFamily, "siglip": SiglipFamily}
 
 
 def get_family(config, eos_id=1):

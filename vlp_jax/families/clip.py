@@ -1,4 +1,4 @@
-"""The CLIP family: image and text towers trained with a contrastive loss."""
+"""Two-tower contrastive families: CLIP (softmax InfoNCE) and SigLIP (pairwise sigmoid)."""
 import jax
 import jax.numpy as jnp
 
@@ -11,10 +11,12 @@ from vlp_jax.parallel.mesh import BATCH_AXES
 class ClipFamily:
   """Batch fields: image [b, S, S, 3] float32, tokens [b, L] int32."""
 
+  LOSSES = losses.SOFTMAX
+
   def __init__(self, config, eos_id):
     self.config = config
     self.module = clip_model.from_config(config.model, eos_id)
-    self.loss_impl = losses.SOFTMAX[config.loss.contrastive]
+    self.loss_impl = self.LOSSES[config.loss.contrastive]
 
   def example_batch(self, batch_size):
     m = self.config.model
@@ -28,18 +30,25 @@ class ClipFamily:
 
   def features(self, params, batch, rng):
     """Per-example outputs that the loss combines across the global batch."""
-    del rng  # CLIP has no dropout
+    del rng  # no dropout in these towers
     img, txt, _ = self.module.apply({"params": params}, batch["image"], batch["tokens"])
     return {"img": img, "txt": txt}
 
   def loss(self, params, features, mesh):
-    scale = self.module.apply({"params": params}, method=self.module.logit_scale)
-    loss_fn = contrastive.sharded(self.loss_impl, mesh, BATCH_AXES)
-    loss, metrics = loss_fn(features["img"], features["txt"], scale)
-    return loss, dict(metrics, logit_scale=scale)
+    scalars = self.module.apply({"params": params}, method=self.module.scalars)
+    loss_fn = contrastive.sharded(self.loss_impl, mesh, BATCH_AXES, len(scalars))
+    loss, metrics = loss_fn(features["img"], features["txt"], *scalars)
+    names = ("logit_scale", "logit_bias")
+    return loss, dict(metrics, **dict(zip(names, scalars)))
 
   def encode_image(self, params, images):
     return self.module.apply({"params": params}, images, method=self.module.encode_image)
 
   def encode_text(self, params, tokens):
     return self.module.apply({"params": params}, tokens, method=self.module.encode_text)
+
+
+class SiglipFamily(ClipFamily):
+  """SigLIP: the same towers and batch, the pairwise sigmoid loss with a learned bias."""
+
+  LOSSES = losses.SIGMOID

@@ -1,6 +1,6 @@
 """CLIP: a ViT and a causal text transformer projected into one space, with a learned temperature."""
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -12,16 +12,18 @@ from vlp_jax.models.vit import VisionTransformer
 
 
 class Clip(nn.Module):
-  """Returns L2-normalised image and text embeddings and the (capped) logit scale.
+  """Two towers: L2-normalised image and text embeddings and the learned logit scale.
 
-  The temperature is stored as log(scale), initialised to log(1/0.07); the scale used in the
-  loss is min(exp(log_scale), logit_scale_max) as in OpenAI CLIP.
+  The temperature is stored as log(scale), initialised to log(logit_scale_init) (CLIP:
+  1/0.07; SigLIP: 10); the scale used in the loss is min(exp(log_scale), logit_scale_max)
+  (CLIP caps at 100; 0 means no cap). SigLIP adds a learned logit bias (init -10).
   """
   vision: dict
   text: dict
   embed_dim: int
   logit_scale_init: float = 1 / 0.07
   logit_scale_max: float = 100.0
+  logit_bias_init: Optional[float] = None
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -32,6 +34,10 @@ class Clip(nn.Module):
         "log_logit_scale",
         nn.with_logical_partitioning(nn.initializers.constant(math.log(self.logit_scale_init)),
                                      ()), (), jnp.float32)
+    if self.logit_bias_init is not None:
+      self.logit_bias = self.param(
+          "logit_bias", nn.with_logical_partitioning(
+              nn.initializers.constant(self.logit_bias_init), ()), (), jnp.float32)
 
   def encode_image(self, images):
     return _normalize(self.image_tower(images)[0])
@@ -40,10 +46,17 @@ class Clip(nn.Module):
     return _normalize(self.text_tower(tokens)[0])
 
   def logit_scale(self):
-    return jnp.minimum(jnp.exp(self.log_logit_scale), self.logit_scale_max)
+    scale = jnp.exp(self.log_logit_scale)
+    return jnp.minimum(scale, self.logit_scale_max) if self.logit_scale_max else scale
+
+  def scalars(self):
+    """(scale,) or (scale, bias): the loss's learned scalars."""
+    if self.logit_bias_init is None:
+      return (self.logit_scale(),)
+    return self.logit_scale(), self.logit_bias
 
   def __call__(self, images, tokens):
-    return self.encode_image(images), self.encode_text(tokens), self.logit_scale()
+    return self.encode_image(images), self.encode_text(tokens), self.scalars()
 
 
 def _normalize(x):
@@ -56,10 +69,12 @@ def from_config(m, eos_id):
   common = dict(activation=m.activation, remat=m.remat, scan=m.scan)
   vision = dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
                 num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
-                **common)
+                pool=m.image_pool, **common)
   text = dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
               depth=m.text_depth, num_heads=m.text_heads,
-              mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id, **common)
+              mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id,
+              causal=m.text_causal, pool=m.text_pool, **common)
+  bias = m.logit_bias_init if m.name == "siglip" else None
   return Clip(vision=vision, text=text, embed_dim=m.embed_dim,
               logit_scale_init=m.logit_scale_init, logit_scale_max=m.logit_scale_max,
-              dtype=jnp.dtype(m.dtype))
+              logit_bias_init=bias, dtype=jnp.dtype(m.dtype))

@@ -165,3 +165,26 @@ def param(module: nn.Module, name: str, names, init: Callable, shape, dtype=jnp.
   """A logically named parameter (embeddings, tokens, scalars)."""
   return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
 
+
+
+class AttentionPool(nn.Module):
+  """Learned queries attending to a token sequence (big_vision's MAP head; CoCa's poolers).
+
+  Returns [batch, num_queries, width]: each query's cross-attention output plus an MLP
+  residual, as in the "multihead attention pooling" of SigLIP.
+  """
+  num_heads: int
+  mlp_dim: int
+  num_queries: int = 1
+  activation: str = "gelu"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    width = tokens.shape[-1]
+    probe = param(self, "probe", (None, "act_embed"), nn.initializers.xavier_uniform(),
+                  (self.num_queries, width))
+    queries = jnp.broadcast_to(probe.astype(self.dtype), (tokens.shape[0],) + probe.shape)
+    x = Attention(self.num_heads, self.dtype, name="attn")(queries, kv=tokens)
+    y = layer_norm(self.dtype, "ln")(x)
+    return x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)

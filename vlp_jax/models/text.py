@@ -10,8 +10,9 @@ from vlp_jax.models import layers
 class TextTransformer(nn.Module):
   """Encode token ids; return (pooled, tokens).
 
-  pooled is the output at the first `eos_id` token (CLIP pools at end-of-text; with a
-  causal mask it has seen the whole caption), projected to `embed_dim` when it is set.
+  `pool="eos"`: the output at the first `eos_id` token (CLIP; with a causal mask it has
+  seen the whole caption); `pool="last"`: the last position (SigLIP's bidirectional tower).
+  pooled is projected to `embed_dim` when it is set.
   """
   vocab_size: int
   context_length: int
@@ -22,6 +23,7 @@ class TextTransformer(nn.Module):
   eos_id: int
   embed_dim: Optional[int] = None
   causal: bool = True
+  pool: str = "eos"
   activation: str = "gelu"
   dtype: Any = jnp.float32
   remat: bool = False
@@ -39,8 +41,13 @@ class TextTransformer(nn.Module):
                            activation=self.activation, dtype=self.dtype, remat=self.remat,
                            scan=self.scan, name="encoder")(x)
     x = layers.layer_norm(self.dtype, "ln_final")(x)
-    eos_index = jnp.argmax(tokens == self.eos_id, axis=-1)
-    pooled = jnp.take_along_axis(x, eos_index[:, None, None], axis=1)[:, 0]
+    if self.pool == "eos":
+      eos_index = jnp.argmax(tokens == self.eos_id, axis=-1)
+      pooled = jnp.take_along_axis(x, eos_index[:, None, None], axis=1)[:, 0]
+    elif self.pool == "last":
+      pooled = x[:, -1]
+    else:
+      raise ValueError(f"Unknown text pooling {self.pool!r} (eos or last)")
     if self.embed_dim is not None:
       pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
                         kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)

@@ -8,10 +8,11 @@ from vlp_jax.models import layers
 
 
 class VisionTransformer(nn.Module):
-  """Patchify, add a class token and positions, encode; return (pooled, tokens).
+  """Patchify, add positions, encode; return (pooled, tokens).
 
-  pooled is the class token after ln_post, projected to `embed_dim` when it is set;
-  tokens are all output tokens after ln_post (for poolers and cross-attention).
+  `pool="cls"`: a class token is prepended and pooled (OpenAI CLIP); `pool="map"`: no class
+  token, an attention-pooling head over the patch tokens (SigLIP). pooled is projected to
+  `embed_dim` when it is set; tokens are all output tokens after ln_post.
   """
   patch_size: int
   width: int
@@ -20,6 +21,7 @@ class VisionTransformer(nn.Module):
   mlp_dim: int
   embed_dim: Optional[int] = None
   activation: str = "gelu"
+  pool: str = "cls"
   dtype: Any = jnp.float32
   remat: bool = False
   scan: bool = False
@@ -32,17 +34,25 @@ class VisionTransformer(nn.Module):
                 kernel_init=layers.dense_init((None, None, None, "embed")))(images.astype(self.dtype))
     batch, h, w, _ = x.shape
     x = x.reshape(batch, h * w, self.width)
-    cls = layers.param(self, "cls", ("act_embed",), nn.initializers.normal(self.width ** -0.5),
-                       (self.width,))
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, self.width)), x], axis=1)
+    if self.pool == "cls":
+      cls = layers.param(self, "cls", ("act_embed",), nn.initializers.normal(self.width ** -0.5),
+                         (self.width,))
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, self.width)), x],
+                          axis=1)
     pos = layers.param(self, "pos_embedding", (None, "act_embed"),
-                       nn.initializers.normal(self.width ** -0.5), (h * w + 1, self.width))
+                       nn.initializers.normal(self.width ** -0.5), (x.shape[1], self.width))
     x = x + pos.astype(x.dtype)
     x = layers.layer_norm(self.dtype, "ln_pre")(x)
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
                            dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(x)
     x = layers.layer_norm(self.dtype, "ln_post")(x)
-    pooled = x[:, 0]
+    if self.pool == "cls":
+      pooled = x[:, 0]
+    elif self.pool == "map":
+      pooled = layers.AttentionPool(self.num_heads, self.mlp_dim, activation=self.activation,
+                                    dtype=self.dtype, name="map_head")(x)[:, 0]
+    else:
+      raise ValueError(f"Unknown image pooling {self.pool!r} (cls or map)")
     if self.embed_dim is not None:
       pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
                         kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)

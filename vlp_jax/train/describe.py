@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-from vlp_jax import config_lib, families
+from vlp_jax import config_lib, families, losses
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding
 from vlp_jax.train import optimizer, state as state_lib
@@ -88,5 +88,10 @@ def describe(config, num_devices=None):
       "global_batch": config.train.batch_size,
   }
   result["flops_per_step"] = result["flops_per_example"] * config.train.batch_size
+  shards = mesh_shape["data"] * mesh_shape["fsdp"]
+  kind = "sigmoid" if family.LOSSES is losses.SIGMOID else "softmax"
+  result["bytes_per_device/loss"] = losses.memory_estimate(
+      config.loss.contrastive, kind, max(config.train.batch_size // shards, 1), shards,
+      config.model.embed_dim)
   return result
 
