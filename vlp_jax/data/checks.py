@@ -6,9 +6,11 @@ or blow up memory. What these checks miss fails in decoding and is counted as de
 """
 from vlp_jax.data.tf_setup import tf
 
-# Reason codes: a record's `reason` is 0 when it passes, else 1 + its index here.
+# Reason codes: a record's `reason` is 0 when it passes, else 1 + its index here. The last
+# three come from the source itself (its `flaw` field): a sample without caption, a tar shard
+# cut short (its remaining samples are lost), a shard with no readable sample at all.
 REASONS = ("missing_file", "empty_file", "not_an_image", "truncated", "too_large",
-           "empty_caption", "bad_utf8")
+           "empty_caption", "bad_utf8", "missing_caption", "truncated_tar", "bad_shard")
 DECODE_ERROR = "decode_error"  # inferred after decoding, from gaps in the stream index
 ALL_REASONS = REASONS + (DECODE_ERROR,)
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit
@@ -16,7 +18,8 @@ _HEAD = 32  # bytes of the header that the checks look at
 _TAIL = 64  # bytes at the end searched for the end marker
 
 
-def _code(reason):
+def code(reason):
+  """The int32 code of a reason name."""
   return tf.constant(REASONS.index(reason) + 1, tf.int32)
 
 
@@ -24,7 +27,7 @@ def _first_failure(checks):
   """Code of the first failing (reason, predicate-thunk); later predicates run only if needed."""
   (reason, failed), rest = checks[0], checks[1:]
   otherwise = (lambda: _first_failure(rest)) if rest else (lambda: tf.constant(0, tf.int32))
-  return tf.cond(failed(), lambda: _code(reason), otherwise)
+  return tf.cond(failed(), lambda: code(reason), otherwise)
 
 
 def _uint(b, offsets):
@@ -100,14 +103,18 @@ def read_image(record):
 
 
 def check(record):
-  """The record with `image` read and `reason` (int32, 0 = usable) added."""
+  """The record with `image` read and `reason` (int32, 0 = usable) added.
+
+  A source's own `flaw` code (when its records have one) comes first: such a record may
+  have no image to look at.
+  """
   record = dict(record)
   img = read_image(record)
   record["image"] = img
   head = tf.strings.substr(img + b"\0" * _HEAD, 0, _HEAD)
   b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
   caption = record["caption"]
-  record["reason"] = _first_failure([
+  reason = _first_failure([
       ("missing_file", lambda: record["missing"]),
       ("empty_file", lambda: tf.strings.length(img) == 0),
       ("not_an_image", lambda: _kind(head) == 5),
@@ -117,4 +124,8 @@ def check(record):
       ("bad_utf8", lambda: tf.strings.unicode_transcode(
           caption, "UTF-8", "UTF-8", errors="replace") != caption),
   ])
+  if "flaw" in record:
+    flaw = record.pop("flaw")
+    reason = tf.where(flaw > 0, flaw, reason)
+  record["reason"] = reason
   return record

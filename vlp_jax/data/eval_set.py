@@ -22,12 +22,13 @@ class EvalSet:
 
 def load_eval_set(spec, config, tok, data_dir="", holdout_percent=10):
   """The usable records of `spec` in source order, capped at config.eval.max_examples."""
-  source = sources.get_source(spec, holdout_percent, data_dir)
-  stream = source.records().enumerate().map(lambda i, r: dict(r, index=i))
+  d = config.data.copy_and_resolve_references()
+  d.data_dir, d.holdout_percent = data_dir, holdout_percent
+  source = sources.from_config(spec, d)
+  stream = source.records().enumerate().map(lambda i, r: dict(r, index=i, epoch=0))
   ds = pipeline.process(
       stream, image_size=config.model.image_size, augment="none", crop_min_scale=1.0,
-      seed=config.seed, num_parallel_calls=config.data.num_parallel_calls, first_index=0,
-      epoch_size=source.num_records + 1)
+      seed=config.seed, num_parallel_calls=config.data.num_parallel_calls, epoch_size=0)
   limit = config.eval.max_examples
   if limit > 0:
     ds = ds.take(limit)
@@ -42,7 +43,8 @@ def load_eval_set(spec, config, tok, data_dir="", holdout_percent=10):
       skip_log.update(p["counts"][i], p["last_reason"][i], p["last_key"][i], p["last_path"][i])
   counts = parts[-1]["counts"][-1].copy()
   kept = sum(len(p["index"]) for p in parts)
-  if limit <= 0 or kept < limit:  # read to the end: failures after the last good record too
+  if (limit <= 0 or kept < limit) and source.num_records is not None:
+    # Read to the end: decode failures after the last good record count too.
     counts[-1] = source.num_records - kept - counts[:-1].sum()
   tasks = source.zeroshot_tasks
   captions = [c.decode("utf-8") for c in cat("caption")]

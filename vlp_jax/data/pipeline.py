@@ -47,39 +47,44 @@ class SkipLog:
 
 
 def _count_checks(epoch_size):
-  """Scan function: cumulative counts per check reason, the latest failure, and whether a
-  whole epoch failed."""
+  """Scan function: cumulative counts per check reason, the latest failure, and whether the
+  stream is dead: `epoch_size` records in a row failed (when the size is known, > 0), or a
+  run of failures spans a whole epoch (records carry their `epoch`)."""
   num = len(checks.REASONS)
 
   def scan(state, record):
-    counts, run, last = state
+    counts, run, run_epoch, last = state
     reason = record["reason"]
     bad = reason > 0
     counts = counts + tf.one_hot(reason - 1, num, dtype=tf.int64)  # all zero when reason == 0
+    epoch = tf.cast(record["epoch"], tf.int64)
+    run_epoch = tf.where(bad & (run == 0), epoch, run_epoch)
     run = tf.where(bad, run + 1, 0)
+    dead = run >= epoch_size if epoch_size > 0 else tf.constant(False)
+    dead |= bad & (epoch >= run_epoch + 2)
+    origin = record.get("origin", record["path"])
     last = tuple(tf.where(bad, new, old) for new, old in
-                 zip((tf.cast(reason, tf.int64), record["key"], record["path"]), last))
-    out = dict(record, counts=counts, dead=run >= epoch_size, last_reason=last[0],
+                 zip((tf.cast(reason, tf.int64), record["key"], origin), last))
+    out = dict(record, counts=counts, dead=dead, last_reason=last[0],
                last_key=last[1], last_path=last[2])
-    return (counts, run, last), out
+    return (counts, run, run_epoch, last), out
 
-  init = (tf.zeros([num], tf.int64), tf.constant(0, tf.int64),
+  init = (tf.zeros([num], tf.int64), tf.constant(0, tf.int64), tf.constant(0, tf.int64),
           (tf.constant(0, tf.int64), tf.constant(""), tf.constant("")))
   return init, scan
 
 
-def _count_decode_errors(first_index):
-  """Scan function: records missing between consecutive indices that no check removed."""
+def _count_decode_errors():
+  """Scan function: records missing between consecutive `seq` numbers that no check removed."""
 
   def scan(state, record):
-    last_index, last_checked, errors = state
+    last_seq, last_checked, errors = state
     checked = tf.reduce_sum(record["counts"])
-    errors += (record["index"] - last_index - 1) - (checked - last_checked)
+    errors += (record["seq"] - last_seq - 1) - (checked - last_checked)
     out = dict(record, counts=tf.concat([record["counts"], [errors]], 0))
-    return (record["index"], checked, errors), out
+    return (record["seq"], checked, errors), out
 
-  init = (tf.constant(first_index - 1, tf.int64), tf.constant(0, tf.int64),
-          tf.constant(0, tf.int64))
+  init = (tf.constant(-1, tf.int64), tf.constant(0, tf.int64), tf.constant(0, tf.int64))
   return init, scan
 
 
@@ -100,15 +105,18 @@ def iterate(ds, prefetch=2):
 
 
 def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_calls,
-            first_index, epoch_size):
-  """Good records of `stream` (dicts with `index`), decoded and preprocessed, unbatched.
+            epoch_size):
+  """Good records of `stream` (dicts with `index` and `epoch`), decoded and preprocessed.
 
-  Output elements: image float32 [S, S, 3], caption (valid UTF-8 bytes), index, counts,
-  and any label_* fields of the source. The stream ends if `epoch_size` records in a row
-  fail the checks (a source with nothing usable would otherwise spin forever).
+  Output elements (unbatched): image float32 [S, S, 3], caption (valid UTF-8 bytes), key,
+  index, counts, and any label_* fields of the source. `index` is the record's resumable
+  stream position, which need not be dense; skips are counted on a dense sequence number.
+  The stream ends when failures run for `epoch_size` records (0: unknown) or a whole epoch
+  (a source with nothing usable would otherwise spin forever).
   """
   num_parallel_calls = parallelism(num_parallel_calls)
-  ds = stream.map(checks.check, num_parallel_calls=num_parallel_calls, deterministic=True)
+  ds = stream.enumerate().map(lambda seq, r: dict(r, seq=seq))
+  ds = ds.map(checks.check, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.scan(*_count_checks(epoch_size))
   ds = ds.take_while(lambda r: tf.logical_not(r["dead"]))
   ds = ds.filter(lambda r: r["reason"] == 0)
@@ -117,13 +125,13 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
     crop_seed = tf.stack([tf.constant(seed, tf.int64), record["index"]])
     image = preprocess.preprocess(record["image"], image_size, augment, crop_min_scale,
                                   crop_seed)
-    out = dict(image=image, caption=record["caption"], index=record["index"],
-               counts=record["counts"], last_reason=record["last_reason"],
+    out = dict(image=image, caption=record["caption"], key=record["key"],
+               index=record["index"], seq=record["seq"], counts=record["counts"], last_reason=record["last_reason"],
                last_key=record["last_key"], last_path=record["last_path"])
     out.update({k: v for k, v in record.items() if k.startswith("label_")})
     return out
 
   ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.ignore_errors()
-  return ds.scan(*_count_decode_errors(first_index))
+  return ds.scan(*_count_decode_errors())
 

@@ -17,7 +17,7 @@ from vlp_jax.data import scenes
 from vlp_jax.data import shapes
 from vlp_jax.data.tf_setup import tf
 
-KINDS = ("builtin", "jsonl")
+KINDS = ("builtin", "jsonl", "wds", "tfds")
 BUILTINS = ("shapes",)
 SPLITS = ("train", "test")
 
@@ -158,11 +158,16 @@ class JsonlFolder:
     return out
 
 
-def get_source(spec, holdout_percent=10, data_dir=""):
-  """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH or jsonl:PATH:SPLIT."""
+def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4):
+  """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH[:SPLIT], wds:PATTERN."""
   kind, _, rest = spec.partition(":")
   if kind not in KINDS:
     raise ValueError(f"Unknown data spec kind {kind!r} in {spec!r}; known kinds: {KINDS}")
+  if kind == "wds":
+    from vlp_jax.data import webdataset  # pylint: disable=g-import-not-at-top
+    if not rest:
+      raise ValueError(f"Data spec {spec!r} names no shards; expected wds:GLOB")
+    return webdataset.WebDataset(rest, shard_cycle, spec)
   if kind == "builtin":
     name, _, split = rest.partition(":")
     if name not in BUILTINS:
@@ -177,3 +182,9 @@ def get_source(spec, holdout_percent=10, data_dir=""):
   if not path:
     raise ValueError(f"Data spec {spec!r} names no folder; expected jsonl:PATH[:train|:test]")
   return JsonlFolder(path, split, holdout_percent)
+
+
+def from_config(spec, data_config):
+  """The source named by `spec`, with the options of the config's `data` block."""
+  d = data_config
+  return get_source(spec, d.holdout_percent, d.data_dir, shard_cycle=d.shard_cycle)

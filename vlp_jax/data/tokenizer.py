@@ -85,8 +85,7 @@ def get_tokenizer(config, workdir):
   if not path:
     path = os.path.join(workdir, "tokenizer.model")
     if not tf.io.gfile.exists(path):
-      source = sources.get_source(config.data.train, config.data.holdout_percent,
-                                  config.data.data_dir)
+      source = sources.from_config(config.data.train, config.data)
       train_tokenizer(source.captions(), config.model.vocab_size, path)
   elif not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
     raise ValueError(f"config.data.tokenizer={path!r} does not exist")
