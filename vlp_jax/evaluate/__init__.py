@@ -1,1 +1,1 @@
-"""Evaluation: zero-shot classification, retrieval and (later) captioning metrics."""
+"""Evaluation: zero-shot classification, retrieval and captioning (BLEU-4, CIDEr-D) metrics."""
