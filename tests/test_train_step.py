@@ -82,14 +82,8 @@ def test_four_micro_batches_equal_one_full_batch(one_device):
   assert_same(run_steps(config, jax.devices()), one_device)
 
 
-def test_accumulation_without_sharding(one_device):
-  config = tiny_config(**{"mesh.data": 1, "train.accum_steps": 4})
-  assert_same(run_steps(config, jax.devices()[:1]), one_device)
-
-
-@pytest.mark.parametrize("options", [dict(dtype="bfloat16"), dict(scan=True, remat=True)],
-                         ids=["bf16", "scan_remat"])
-def test_compute_options_train_with_float32_params(options):
+def test_bf16_scan_remat_train_with_float32_params():
+  options = dict(dtype="bfloat16", scan=True, remat=True)
   config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 4,
                           **{f"model.{k}": v for k, v in options.items()}})
   losses, params = run_steps(config, jax.devices(), steps=3)
