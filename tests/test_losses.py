@@ -90,7 +90,7 @@ def test_loss_and_grads_match_float64_reference(pairs, mesh_axes, kind, impl, re
   np.testing.assert_allclose(float(loss), reference(img, txt, *scalars), rtol=1e-5)
   expected = numeric_grads(reference, [img, txt, *scalars])
   for got, want in zip(grads, expected):
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind,impl,reference,scalars", CASES,
