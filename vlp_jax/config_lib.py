@@ -8,7 +8,7 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-MODEL_NAMES = ("clip", "siglip")
+MODEL_NAMES = ("clip", "siglip", "coca")
 CONTRASTIVE_IMPLS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "constant")
@@ -66,9 +66,15 @@ def base_config():
   c.model.logit_scale_init = 1 / 0.07  # SigLIP: 10
   c.model.logit_scale_max = 100.0  # 0: no cap (SigLIP)
   c.model.logit_bias_init = -10.0  # SigLIP only
+  # CoCa: text_depth unimodal decoder layers, then multimodal_depth with cross-attention to
+  # num_decoder_queries image queries (the captioning pooler; 256 in the paper).
+  c.model.multimodal_depth = 2
+  c.model.num_decoder_queries = 16
 
   c.loss = ConfigDict()
   c.loss.contrastive = "allgather"
+  c.loss.contrastive_weight = 1.0  # CoCa: loss = contrastive_weight * InfoNCE
+  c.loss.caption_weight = 2.0  #   + caption_weight * token-mean captioning cross-entropy
 
   c.data = ConfigDict()
   c.data.train = "builtin:shapes:train"
@@ -82,6 +88,10 @@ def base_config():
   c.data.num_parallel_calls = -1  # -1: one per CPU core
   c.data.prefetch = 2  # batches placed on the devices ahead of the step
   c.data.shard_cycle = 4  # wds: shards read at once, interleaved; each is held in memory whole
+  c.data.image_key = ""  # tfds: image feature; empty: the first Image feature
+  c.data.text_key = ""  # tfds: text feature path (e.g. captions/text); empty: the first Text
+  c.data.label_key = ""  # tfds: class label feature; empty: the first ClassLabel
+  c.data.zeroshot_templates = "short"  # prompts of tfds/jsonl zero-shot sets: short or clip80
 
   c.train = ConfigDict()
   c.train.batch_size = 64  # global, over all hosts and devices
@@ -152,12 +162,18 @@ def validate(config):
   _require(m.text_pool in ("eos", "last"), "model.text_pool", f"{m.text_pool!r} is not eos or last")
   _require(m.activation in ("gelu", "gelu_tanh", "quick_gelu"), "model.activation",
            f"{m.activation!r} is not gelu, gelu_tanh or quick_gelu")
+  _require(m.multimodal_depth >= 1, "model.multimodal_depth", "must be >= 1")
+  _require(m.num_decoder_queries >= 1, "model.num_decoder_queries", "must be >= 1")
+  for weight in ("contrastive_weight", "caption_weight"):
+    _require(config.loss[weight] >= 0, f"loss.{weight}", "must be >= 0")
   _require(t.batch_size > 0, "train.batch_size", "must be positive")
   _require(t.accum_steps >= 1 and t.batch_size % t.accum_steps == 0, "train.accum_steps",
            f"{t.accum_steps} must be >= 1 and divide train.batch_size={t.batch_size}")
   _require(t.steps > 0, "train.steps", "must be positive")
   _require(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r} is not one of {SCHEDULES}")
   _require(d.augment in AUGMENTS, "data.augment", f"{d.augment!r} is not one of {AUGMENTS}")
+  _require(d.zeroshot_templates in ("short", "clip80"), "data.zeroshot_templates",
+           f"{d.zeroshot_templates!r} is not short or clip80")
   _require(0 < d.holdout_percent < 100, "data.holdout_percent", "must be in (0, 100)")
   _require(bool(d.train), "data.train", "must name a dataset, e.g. builtin:shapes:train")
   for axis in ("data", "fsdp", "model"):

@@ -5,8 +5,9 @@ A family bundles its module, the batch fields it reads, its per-example forward 
 only talk to this interface, so adding SigLIP or CoCa never touches the loop.
 """
 from vlp_jax.families.clip import ClipFamily, SiglipFamily
+from vlp_jax.families.coca import CocaFamily
 
-FAMILIES = {"clip": ClipFamily, "siglip": SiglipFamily}
+FAMILIES = {"clip": ClipFamily, "siglip": SiglipFamily, "coca": CocaFamily}
 
 
 def get_family(config, eos_id=1):

@@ -53,10 +53,19 @@ class Attention(nn.Module):
   `kv` is the sequence to attend to (cross-attention) or None (self-attention).
   `mask` is a boolean [batch or 1, 1, q_len, kv_len] array, True where attention is allowed.
   Kernels keep heads as their own dimension so the model axis can shard them.
+
+  `decode=True` keeps a KV cache in the "cache" collection for autoregressive decoding
+  (models/decoding.py). Self-attention: the first call (full length, usually zeros) sizes
+  an empty cache; later calls append their keys and values at `cache_index` and attend to
+  every cached position so far. Cross-attention (`cross=True`): a call with `kv` stores
+  its projected keys and values, a call with kv=None reuses them, so the image tokens are
+  projected once per caption rather than once per generated token.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   causal: bool = False
+  decode: bool = False
+  cross: bool = False
 
   def _project(self, name, x, n, width, head_dim):
     kernel = param(self, f"{name}_kernel", ("embed", None, "heads", "kv"),
@@ -71,18 +80,59 @@ class Attention(nn.Module):
   def __call__(self, x, kv=None, mask=None):
     width = x.shape[-1]
     head_dim = width // self.num_heads
-    if kv is None:
-      q, k, v = self._project("qkv", x, 3, width, head_dim)
-    else:
+    causal = self.causal
+    if self.cross or kv is not None:
       (q,) = self._project("q", x, 1, width, head_dim)
-      k, v = self._project("kv", kv, 2, kv.shape[-1], head_dim)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
+      k = v = None
+      if kv is not None:
+        k, v = self._project("kv", kv, 2, kv.shape[-1], head_dim)
+      if self.decode:
+        k, v = self._cross_cache(k, v)
+    else:
+      q, k, v = self._project("qkv", x, 3, width, head_dim)
+      if self.decode:
+        k, v, step_mask = self._self_cache(k, v)
+        if step_mask is not None:
+          mask, causal = step_mask, False
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
     out_kernel = param(self, "out_kernel", ("heads", "kv", "embed"),
                        nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
                        (self.num_heads, head_dim, width))
     out_bias = param(self, "out_bias", ("embed",), nn.initializers.zeros_init(), (width,))
     return (jnp.einsum("bthk,hkd->btd", out, out_kernel.astype(self.dtype))
             + out_bias.astype(self.dtype))
+
+
+  def _self_cache(self, k, v):
+    """Appends this call's keys/values to the cache; returns them with the step's mask.
+
+    On the call that creates the cache (its length is this call's length) attention is
+    the ordinary causal one and the mask is None.
+    """
+    ready = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if not ready:
+      return k, v, None
+    i = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
+                                                  (0, i, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
+                                                  (0, i, 0, 0))
+    index.value = i + k.shape[1]
+    length = cached_k.value.shape[1]
+    # Query j of this call sits at position i + j and sees cached positions <= i + j.
+    mask = (jnp.arange(length)[None, :] <= i + jnp.arange(k.shape[1])[:, None])[None, None]
+    return cached_k.value, cached_v.value, mask
+
+  def _cross_cache(self, k, v):
+    """Stores projected context keys/values (k given) or returns the stored ones (k None)."""
+    if k is not None:
+      self.variable("cache", "cross_key", lambda: k).value = k
+      self.variable("cache", "cross_value", lambda: v).value = v
+      return k, v
+    return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
 
 
 class Mlp(nn.Module):
@@ -103,7 +153,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
   """Pre-LayerNorm transformer block: self-attention, optional cross-attention, MLP.
 
-  Returns (x, None) so that the same module can be the body of `nn.scan`.
+  Returns (x, None) so that the same module can be the body of `nn.scan`. `mask` (self-
+  attention, on top of `causal`) and `decode` (KV caches) are as in Attention; in decode
+  mode a cross-attention call with context=None uses the cached context.
   """
   num_heads: int
   mlp_dim: int
@@ -111,15 +163,18 @@ class Block(nn.Module):
   cross_attention: bool = False
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x, context=None):
+  def __call__(self, x, context=None, mask=None):
     x = constrain(x, ("batch", "length", "act_embed"))
     y = layer_norm(self.dtype, "ln_attn")(x)
-    x = x + Attention(self.num_heads, self.dtype, self.causal, name="attn")(y)
+    x = x + Attention(self.num_heads, self.dtype, self.causal, self.decode, name="attn")(
+        y, mask=mask)
     if self.cross_attention:
       y = layer_norm(self.dtype, "ln_cross")(x)
-      x = x + Attention(self.num_heads, self.dtype, name="cross_attn")(y, kv=context)
+      x = x + Attention(self.num_heads, self.dtype, decode=self.decode, cross=True,
+                        name="cross_attn")(y, kv=context)
     y = layer_norm(self.dtype, "ln_mlp")(x)
     x = x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)
     return constrain(x, ("batch", "length", "act_embed")), None
@@ -141,23 +196,25 @@ class Transformer(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   scan: bool = False
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x, context=None):
+  def __call__(self, x, context=None, mask=None):
     block_cls = Block
     if self.remat:
       block_cls = nn.remat(Block, prevent_cse=not self.scan)
     kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=self.causal,
                   cross_attention=self.cross_attention, activation=self.activation,
-                  dtype=self.dtype)
+                  dtype=self.dtype, decode=self.decode)
     if self.scan:
-      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=nn.broadcast, length=self.depth,
+      # KV caches (decode mode) are stacked over layers like the parameters.
+      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True}, in_axes=nn.broadcast, length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="blocks", **kwargs)(x, context)
+      x, _ = stack(name="blocks", **kwargs)(x, context, mask)
     else:
       for i in range(self.depth):
-        x, _ = block_cls(name=f"block_{i}", **kwargs)(x, context)
+        x, _ = block_cls(name=f"block_{i}", **kwargs)(x, context, mask)
     return x
 
 
@@ -171,7 +228,8 @@ class AttentionPool(nn.Module):
   """Learned queries attending to a token sequence (big_vision's MAP head; CoCa's poolers).
 
   Returns [batch, num_queries, width]: each query's cross-attention output plus an MLP
-  residual, as in the "multihead attention pooling" of SigLIP.
+  residual, as in the "multihead attention pooling" of SigLIP; mlp_dim=0 leaves out the
+  MLP (CoCa's poolers are one attention layer).
   """
   num_heads: int
   mlp_dim: int
@@ -186,5 +244,7 @@ class AttentionPool(nn.Module):
                   (self.num_queries, width))
     queries = jnp.broadcast_to(probe.astype(self.dtype), (tokens.shape[0],) + probe.shape)
     x = Attention(self.num_heads, self.dtype, name="attn")(queries, kv=tokens)
+    if not self.mlp_dim:
+      return x
     y = layer_norm(self.dtype, "ln")(x)
     return x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)

@@ -11,7 +11,8 @@ class VisionTransformer(nn.Module):
   """Patchify, add positions, encode; return (pooled, tokens).
 
   `pool="cls"`: a class token is prepended and pooled (OpenAI CLIP); `pool="map"`: no class
-  token, an attention-pooling head over the patch tokens (SigLIP). pooled is projected to
+  token, an attention-pooling head over the patch tokens (SigLIP); `pool="none"`: no class
+  token and pooled is None (CoCa pools the tokens itself). pooled is projected to
   `embed_dim` when it is set; tokens are all output tokens after ln_post.
   """
   patch_size: int
@@ -46,6 +47,8 @@ class VisionTransformer(nn.Module):
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
                            dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(x)
     x = layers.layer_norm(self.dtype, "ln_post")(x)
+    if self.pool == "none":
+      return None, x
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "map":

@@ -1,0 +1,122 @@
+"""CoCa: contrastive (softmax InfoNCE) plus captioning cross-entropy, and caption decoding.
+
+loss = contrastive_weight * InfoNCE(img, txt) + caption_weight * sum(nll) / sum(tokens),
+the captioning term a mean over the non-padding target tokens of the global batch. Each
+example contributes its own nll sum and token count as features, so gradient accumulation
+(train/step.py) stays exact for both terms.
+"""
+import jax
+import jax.numpy as jnp
+
+from vlp_jax import losses
+from vlp_jax.losses import contrastive
+from vlp_jax.models import coca as coca_model
+from vlp_jax.models import decoding
+from vlp_jax.parallel.mesh import BATCH_AXES
+
+
+def caption_stats(logits, tokens):
+  """Per-example (sum of token nll, target tokens, correct argmax tokens); padding masked."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+  mask = (tokens != coca_model.PAD_ID).astype(jnp.float32)
+  correct = jax.lax.stop_gradient((jnp.argmax(logp, axis=-1) == tokens) * mask)
+  return jnp.sum(nll * mask, axis=1), jnp.sum(mask, axis=1), jnp.sum(correct, axis=1)
+
+
+class CocaFamily:
+  """Batch fields: image [b, S, S, 3] float32, tokens [b, L] int32 (pieces, EOS, pad 0)."""
+
+  LOSSES = losses.SOFTMAX
+
+  def __init__(self, config, eos_id):
+    self.config = config
+    self.eos_id = eos_id
+    self.module = coca_model.from_config(config.model, eos_id)
+    self.decoder = coca_model.from_config(config.model, eos_id, decode=True)
+    self.loss_impl = self.LOSSES[config.loss.contrastive]
+
+  def example_batch(self, batch_size):
+    m = self.config.model
+    return {
+        "image": jax.ShapeDtypeStruct((batch_size, m.image_size, m.image_size, 3), jnp.float32),
+        "tokens": jax.ShapeDtypeStruct((batch_size, m.context_length), jnp.int32),
+    }
+
+  def init(self, rng, batch):
+    return self.module.init(rng, batch["image"], batch["tokens"])["params"]
+
+  def features(self, params, batch, rng):
+    """Embeddings and per-example captioning sums: all the loss needs of the batch."""
+    del rng  # no dropout
+    img, txt, logits, _ = self.module.apply({"params": params}, batch["image"], batch["tokens"])
+    nll, count, correct = caption_stats(logits, batch["tokens"])
+    return {"img": img, "txt": txt, "caption_nll_sum": nll, "caption_tokens": count,
+            "caption_correct": correct}
+
+  def loss(self, params, features, mesh):
+    scale = self.module.apply({"params": params}, method=self.module.logit_scale)
+    loss_fn = contrastive.sharded(self.loss_impl, mesh, BATCH_AXES, 1)
+    contrastive_loss, metrics = loss_fn(features["img"], features["txt"], scale)
+    tokens = jnp.maximum(jnp.sum(features["caption_tokens"]), 1.0)
+    caption_loss = jnp.sum(features["caption_nll_sum"]) / tokens
+    w = self.config.loss
+    loss = w.contrastive_weight * contrastive_loss + w.caption_weight * caption_loss
+    return loss, dict(metrics, logit_scale=scale, contrastive_loss=contrastive_loss,
+                      caption_loss=caption_loss,
+                      caption_accuracy=jnp.sum(features["caption_correct"]) / tokens)
+
+  def encode_image(self, params, images):
+    """Images [b, S, S, 3] or videos [b, T, S, S, 3] (one pooler over space-time tokens)."""
+    return self.module.apply({"params": params}, images, method=self.module.encode_image)
+
+  def encode_text(self, params, tokens):
+    return self.module.apply({"params": params}, tokens, method=self.module.encode_text)
+
+  def encode_video_frames(self, params, videos):
+    """Zero-shot video retrieval embedding: the mean of the frames' image embeddings."""
+    return self.module.apply({"params": params}, videos,
+                             method=self.module.encode_video_frames)
+
+  def step_fn(self, params):
+    """decoding's step_fn: logits [N, V] of one position, with the decoder's KV caches."""
+    model = self.decoder
+
+    def step(cache, ids, position):
+      logits, variables = model.apply({"params": params, "cache": cache}, ids[:, None],
+                                      position, method=model.decode_step, mutable=["cache"])
+      return logits[:, 0], variables["cache"]
+    return step
+
+  def init_cache(self, params, images, rows_per_image, max_len):
+    """KV caches for max_len positions, the image queries' keys/values already in place."""
+    model = self.decoder
+    context = model.apply({"params": params}, images, method=model.caption_context)
+    context = jnp.repeat(context, rows_per_image, axis=0)
+    ids = jnp.zeros((context.shape[0], max_len), jnp.int32)
+    _, variables = model.apply({"params": params}, ids, 0, context, method=model.decode_step,
+                               mutable=["cache"])
+    return variables["cache"]
+
+  def caption(self, params, images, rng=None, method="beam", beam_size=4, alpha=0.6,
+              temperature=1.0, top_k=0, top_p=1.0, max_len=0):
+    """Caption tokens [b, max_len] (default: model.context_length) of images, in the
+    tokenizer's layout; jit it with the options static. method: greedy, beam or sample."""
+    n = max_len or self.config.model.context_length
+    if n > self.config.model.context_length:
+      raise ValueError(f"max_len={n} exceeds model.context_length="
+                       f"{self.config.model.context_length}")
+    b = images.shape[0]
+    step = self.step_fn(params)
+    if method == "beam":
+      cache = self.init_cache(params, images, beam_size, n)
+      tokens, _ = decoding.beam_search(step, cache, b, beam_size, n, self.eos_id, self.eos_id,
+                                       alpha)
+      return tokens[:, 0]
+    cache = self.init_cache(params, images, 1, n)
+    if method == "greedy":
+      return decoding.greedy(step, cache, b, n, self.eos_id, self.eos_id)
+    if method == "sample":
+      return decoding.sample(step, cache, b, n, self.eos_id, self.eos_id, rng, temperature,
+                             top_k, top_p)
+    raise ValueError(f"Unknown decoding method {method!r} (greedy, beam or sample)")
