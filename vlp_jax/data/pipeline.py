@@ -128,7 +128,8 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
     out = dict(image=image, caption=record["caption"], key=record["key"],
                index=record["index"], seq=record["seq"], counts=record["counts"], last_reason=record["last_reason"],
                last_key=record["last_key"], last_path=record["last_path"])
-    out.update({k: v for k, v in record.items() if k.startswith("label_")})
+    out.update({k: v for k, v in record.items()
+                if k.startswith("label_") or k == "all_captions"})
     return out
 
   ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)

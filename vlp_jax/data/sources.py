@@ -81,7 +81,8 @@ def _split_of(image_path, holdout_percent):
 
 
 def _parse_jsonl(path):
-  """[(image, caption bytes)] of a captions.jsonl; undecodable bytes survive for the pipeline."""
+  """[(image, caption bytes, label or None)] of a captions.jsonl; undecodable bytes survive
+  for the pipeline."""
   items = []
   with open(path, "rb") as f:
     for number, raw in enumerate(f, 1):
@@ -97,7 +98,10 @@ def _parse_jsonl(path):
       for field in ("image", "caption"):
         if not isinstance(obj.get(field), str):
           raise ValueError(f"{path}:{number}: field {field!r} is missing or not a string")
-      items.append((obj["image"], obj["caption"].encode("utf-8", "surrogateescape")))
+      label = obj.get("label")
+      if label is not None and not isinstance(label, str):
+        raise ValueError(f"{path}:{number}: field 'label' is not a string")
+      items.append((obj["image"], obj["caption"].encode("utf-8", "surrogateescape"), label))
   if not items:
     raise ValueError(f"{path} has no records")
   return items
@@ -111,9 +115,13 @@ def _usable(path):
 
 
 class JsonlFolder:
-  """`jsonl:PATH[:split]`: a folder with captions.jsonl of {"image": relpath, "caption": text}."""
+  """`jsonl:PATH[:split]`: a folder with captions.jsonl of {"image": relpath, "caption": text}.
 
-  def __init__(self, folder, split=None, holdout_percent=10):
+  Lines with a "label" field (a class name) make it a zero-shot set too, as does
+  `classify` (then captions name the classes of lines without a label).
+  """
+
+  def __init__(self, folder, split=None, holdout_percent=10, classify=False, templates=()):
     if not os.path.isdir(folder):
       raise ValueError(f"jsonl data folder {folder!r} does not exist")
     index_path = os.path.join(folder, "captions.jsonl")
@@ -126,9 +134,17 @@ class JsonlFolder:
         raise ValueError(f"{index_path}: split {split!r} ({holdout_percent}% holdout) is empty")
     self.name = os.path.basename(os.path.normpath(folder))
     self.zeroshot_tasks = {}
-    self.keys = [image for image, _ in items]
+    self.classify = classify
+    self.labels = None
+    if classify or any(label is not None for _, _, label in items):
+      names = [label if label is not None else caption.decode("utf-8", "replace").strip()
+               for _, caption, label in items]
+      classnames = sorted(set(names))
+      self.labels = np.array([classnames.index(n) for n in names], np.int32)
+      self.zeroshot_tasks["label"] = ZeroShotTask(classnames, list(templates), "mean")
+    self.keys = [image for image, _, _ in items]
     self.paths = [os.path.join(folder, image) for image in self.keys]
-    self.raw_captions = [caption for _, caption in items]
+    self.raw_captions = [caption for _, caption, _ in items]
     self.missing = np.array([not os.path.isfile(p) for p in self.paths])
     if not any(_usable(p) for p in self.paths):
       raise ValueError(f"{index_path}: no image file of this source can be read; "
@@ -138,12 +154,15 @@ class JsonlFolder:
   def records(self, index=0, count=1):
     sl = slice(index, None, count)
     n = len(self.keys[sl])
-    return tf.data.Dataset.from_tensor_slices(dict(
+    fields = dict(
         key=tf.constant(self.keys[sl], tf.string),
         image=tf.constant([b""] * n, tf.string),
         path=tf.constant(self.paths[sl], tf.string),
         missing=tf.constant(self.missing[sl], tf.bool),
-        caption=tf.constant(self.raw_captions[sl], tf.string)))
+        caption=tf.constant(self.raw_captions[sl], tf.string))
+    if self.labels is not None:
+      fields["label_label"] = tf.constant(self.labels[sl], tf.int32)
+    return tf.data.Dataset.from_tensor_slices(fields)
 
   def captions(self):
     """Captions that are valid UTF-8 and not blank (the pipeline skips the others)."""
@@ -158,16 +177,31 @@ class JsonlFolder:
     return out
 
 
-def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4):
-  """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH[:SPLIT], wds:PATTERN."""
-  kind, _, rest = spec.partition(":")
+def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4, image_key="",
+               text_key="", label_key="", zeroshot_templates="short"):
+  """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH[:SPLIT], wds:PATTERN,
+  tfds:NAME[/CONFIG][:VERSION]:SPLIT; `zeroshot:` before a jsonl or tfds spec makes it a
+  zero-shot classification set (classes from labels, else captions)."""
+  classify = spec.startswith("zeroshot:")
+  inner = spec[len("zeroshot:"):] if classify else spec
+  kind, _, rest = inner.partition(":")
   if kind not in KINDS:
-    raise ValueError(f"Unknown data spec kind {kind!r} in {spec!r}; known kinds: {KINDS}")
+    raise ValueError(f"Unknown data spec kind {kind!r} in {spec!r}; known kinds: {KINDS}, "
+                     f"optionally after zeroshot:")
+  if classify and kind not in ("jsonl", "tfds"):
+    raise ValueError(f"Data spec {spec!r}: zeroshot: applies to jsonl: and tfds: specs only")
   if kind == "wds":
     from vlp_jax.data import webdataset  # pylint: disable=g-import-not-at-top
     if not rest:
       raise ValueError(f"Data spec {spec!r} names no shards; expected wds:GLOB")
     return webdataset.WebDataset(rest, shard_cycle, spec)
+  if kind == "tfds":
+    from vlp_jax.data import templates, tfds_source  # pylint: disable=g-import-not-at-top
+    name, sep, split = rest.rpartition(":")
+    if not sep or not name or not split:
+      raise ValueError(f"Data spec {spec!r} needs a name and a split: tfds:NAME[/CONFIG]:SPLIT")
+    return tfds_source.TfdsSource(spec, name, split, data_dir, image_key, text_key, label_key,
+                                  templates.get(zeroshot_templates), classify)
   if kind == "builtin":
     name, _, split = rest.partition(":")
     if name not in BUILTINS:
@@ -181,10 +215,13 @@ def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4):
     path, split = head, tail
   if not path:
     raise ValueError(f"Data spec {spec!r} names no folder; expected jsonl:PATH[:train|:test]")
-  return JsonlFolder(path, split, holdout_percent)
+  from vlp_jax.data import templates  # pylint: disable=g-import-not-at-top
+  return JsonlFolder(path, split, holdout_percent, classify, templates.get(zeroshot_templates))
 
 
 def from_config(spec, data_config):
   """The source named by `spec`, with the options of the config's `data` block."""
   d = data_config
-  return get_source(spec, d.holdout_percent, d.data_dir, shard_cycle=d.shard_cycle)
+  return get_source(spec, d.holdout_percent, d.data_dir, shard_cycle=d.shard_cycle,
+                    image_key=d.image_key, text_key=d.text_key, label_key=d.label_key,
+                    zeroshot_templates=d.zeroshot_templates)

@@ -41,7 +41,10 @@ def record_stream(source, *, seed, shuffle_buffer, position, process_index, proc
     stream = source.stream(seed=seed, shuffle_buffer=shuffle_buffer, position=position,
                            process_index=process_index, process_count=process_count)
     return stream.map(lambda r: pick_caption(r, seed)), 0
-  epoch_size = sources.shard_size(source.num_records, process_index, process_count)
+  if hasattr(source, "host_size"):
+    epoch_size = source.host_size(process_index, process_count)
+  else:
+    epoch_size = sources.shard_size(source.num_records, process_index, process_count)
   if epoch_size == 0:
     raise ValueError(f"Data source {source.name!r} has {source.num_records} records, too few "
                      f"for host {process_index} of {process_count}")

@@ -24,28 +24,34 @@ def zeroshot(scores, labels, ks=(1, 5)):
   return out
 
 
-def retrieval(image_emb, text_emb, captions, ks=(1, 5, 10)):
-  """Recall@k both ways for paired images and captions (row i of each is a pair).
+def retrieval(image_emb, text_emb, captions, ks=(1, 5, 10), text_image=None):
+  """Recall@k both ways for images and their captions.
 
-  Pairs with identical captions are interchangeable (the built-in scenes repeat captions),
-  so a retrieved item counts as correct when its caption equals the query's. Chance levels
-  (`*_chance`) are the expected recall of a random ranking under that rule.
+  Text t describes image `text_image[t]` (default: t, one caption per image; data sets
+  such as COCO have several). Pairs with identical captions are interchangeable (the
+  built-in scenes repeat captions), so a retrieved item counts as correct when the image
+  has a caption equal to the query's. Chance levels (`*_chance`) are the expected recall
+  of a random ranking under that rule.
   """
   _, caption_ids = np.unique(np.asarray(captions, dtype=object).astype(str), return_inverse=True)
-  match = caption_ids[:, None] == caption_ids[None, :]  # [N, N], symmetric
+  n_images = len(image_emb)
+  if text_image is None:
+    text_image = np.arange(len(captions))
+  has = np.zeros((caption_ids.max() + 1, n_images), bool)  # [unique captions, images]
+  has[caption_ids, text_image] = True
+  match = has[caption_ids]  # [texts, images]
   sims = text_emb @ image_emb.T  # [texts, images]
-  n = len(captions)
-  positives = match.sum(axis=1)
   out = {}
-  for name, scores in (("t2i", sims), ("i2t", sims.T)):
+  for name, scores, m in (("t2i", sims, match), ("i2t", sims.T, match.T)):
     order = np.argsort(-scores, axis=1, kind="stable")
-    ranked_match = np.take_along_axis(match, order, axis=1)
+    ranked_match = np.take_along_axis(m, order, axis=1)
+    n, positives = m.shape[1], m.sum(axis=1)
     for k in ks:
       out[f"{name}_r{k}"] = float(np.mean(ranked_match[:, :k].any(axis=1)))
       # P(at least one of m positives among k random picks out of n) = 1 - C(n-m, k) / C(n, k).
-      miss = np.ones(n)
+      miss = np.ones(len(m))
       for j in range(min(k, n)):
         miss *= np.clip((n - positives - j) / (n - j), 0.0, 1.0)
       out[f"{name}_r{k}_chance"] = float(np.mean(1.0 - miss))
-  out["count"] = n
+  out["count"] = len(captions)
   return out

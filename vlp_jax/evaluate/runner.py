@@ -71,9 +71,11 @@ def evaluate(encoder, params, tokenizer, eval_sets):
   for ev in eval_sets:
     start = time.time()
     img = encoder.images(params, ev.images)
-    txt = encoder.texts(params, ev.tokens)
-    for key, value in metrics.retrieval(img, txt, ev.captions).items():
-      results[f"retrieval/{ev.name}/{key}"] = value
+    if getattr(ev, "retrieval", True):
+      txt = encoder.texts(params, ev.tokens)
+      for key, value in metrics.retrieval(img, txt, ev.captions,
+                                          text_image=getattr(ev, "text_image", None)).items():
+        results[f"retrieval/{ev.name}/{key}"] = value
     for task_name, task in ev.zeroshot_tasks.items():
       labels = ev.labels[task_name]
       if not np.any(labels >= 0):
