@@ -1,10 +1,18 @@
-"""Image decoding and preprocessing in TF: one code path for training and evaluation."""
+"""Image decoding and preprocessing in TF: one code path for training and evaluation.
+
+Speed matters here (a ViT-B/16 host needs ~2,500 images/s): a random crop of a JPEG decodes
+only the crop window (decode_and_crop_jpeg: the pixels of decoding then cropping, except
+chroma upsampling along the window's edge, ~0.1% of pixels), and
+the antialiasing filter, costly at 224px, runs only where the downscale exceeds 2x (below
+that, bilinear sampling already averages every source pixel).
+"""
 from vlp_jax.data.tf_setup import tf
 
 # OpenAI CLIP's normalisation, so pretrained towers and ours see the same input statistics.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ASPECT_RANGE = (3 / 4, 4 / 3)
+ANTIALIAS_ABOVE = 2.0  # downscale factor above which resizing antialiases
 
 
 def decode(image_bytes):
@@ -14,18 +22,58 @@ def decode(image_bytes):
   return image
 
 
-def random_crop_box(image, min_scale, seed):
-  """A crop covering min_scale..1 of the area, drawn from a stateless `seed` ([2] int)."""
+def _is_jpeg(image_bytes):
+  return tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
+
+
+def _shape(image_bytes):
+  """[h, w, 3] from the header for JPEG (no decoding), else by decoding."""
+  return tf.cond(_is_jpeg(image_bytes),
+                 lambda: tf.concat([tf.image.extract_jpeg_shape(image_bytes)[:2], [3]], 0),
+                 lambda: tf.shape(decode(image_bytes)))
+
+
+def crop_box(shape, min_scale, seed):
+  """(begin, size) of a crop covering min_scale..1 of the area, from a stateless `seed`."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
       min_object_covered=0.0, aspect_ratio_range=ASPECT_RANGE,
       area_range=(min_scale, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def random_crop_box(image, min_scale, seed):
+  """A random crop of a decoded image (see crop_box)."""
+  begin, size = crop_box(tf.shape(image), min_scale, seed)
   return tf.slice(image, begin, size)
 
 
+def decode_random_crop(image_bytes, min_scale, seed):
+  """The crop of `random_crop_box`, decoding only its window when the image is a JPEG."""
+  begin, size = crop_box(_shape(image_bytes), min_scale, seed)
+
+  def jpeg():
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+  image = tf.cond(_is_jpeg(image_bytes), jpeg, lambda: tf.slice(decode(image_bytes), begin, size))
+  image.set_shape([None, None, 3])
+  return image
+
+
+def resize(image, size):
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  factor = tf.reduce_max(shape) / size
+  return tf.cond(factor > ANTIALIAS_ABOVE,
+                 lambda: tf.image.resize(image, [size, size], antialias=True),
+                 lambda: tf.image.resize(image, [size, size]))
+
+
 def normalize(image):
-  image = tf.cast(image, tf.float32) / 255.0
-  return (image - tf.constant(CLIP_MEAN)) / tf.constant(CLIP_STD)
+  """(x / 255 - mean) / std as one multiply-add."""
+  scale = tf.constant([1 / (255 * s) for s in CLIP_STD])
+  offset = tf.constant([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
+  return tf.cast(image, tf.float32) * scale + offset
 
 
 def preprocess(image_bytes, size, augment="none", min_scale=1.0, seed=None):
@@ -33,10 +81,10 @@ def preprocess(image_bytes, size, augment="none", min_scale=1.0, seed=None):
 
   No flips: captions say left and right.
   """
-  image = decode(image_bytes)
   if augment == "crop":
-    image = random_crop_box(image, min_scale, seed)
-  elif augment != "none":
+    image = decode_random_crop(image_bytes, min_scale, seed)
+  elif augment == "none":
+    image = decode(image_bytes)
+  else:
     raise ValueError(f"Unknown config.data.augment {augment!r}; known: none, crop")
-  image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-  return normalize(image)
+  return normalize(resize(image, size))
