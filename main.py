@@ -2,6 +2,7 @@
 
   python main.py --config=configs/clip_tiny.py --workdir=/tmp/clip_tiny
   python main.py --config=configs/clip_b16.py --mode=describe --devices=256
+  python main.py --config=configs/coca_base.py:variant=tiny --workdir=/tmp/coca --mode=caption
   python main.py --config=configs/clip_tiny.py:variant=... --config.train.steps=10
 
 Every mode ends by printing one JSON object on its last line.
@@ -15,15 +16,17 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path:arg.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the tokenizer go here.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "describe"], "What to do.")
-flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "caption"], "What to do.")
+flags.DEFINE_integer("step", None, "--mode=eval|caption: the checkpoint step (default: latest).")
+flags.DEFINE_string("caption_data", None, "--mode=caption: a data spec or a folder of images "
+                    "(default: data.eval).")
 flags.DEFINE_integer("devices", None, "--mode=describe: size the mesh for this many devices.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of input errors.")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
 
-def run(config, mode, workdir, step=None, devices=None):
+def run(config, mode, workdir, step=None, devices=None, caption_data=None):
   if mode == "describe":
     from vlp_jax.train import describe  # pylint: disable=g-import-not-at-top
     return describe.describe(config, devices)
@@ -32,6 +35,9 @@ def run(config, mode, workdir, step=None, devices=None):
   from vlp_jax.train import loop  # pylint: disable=g-import-not-at-top
   if mode == "eval":
     return loop.evaluate_checkpoint(config, workdir, step)
+  if mode == "caption":
+    from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
+    return captioner.caption_checkpoint(config, workdir, step, caption_data)
   return loop.train(config, workdir)
 
 
@@ -52,7 +58,8 @@ def main(argv):
     from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     mesh_lib.initialize_distributed()  # before anything touches the devices
   try:
-    result = run(FLAGS.config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices)
+    result = run(FLAGS.config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices,
+                 FLAGS.caption_data)
   except ValueError as e:
     if FLAGS.debug:
       raise

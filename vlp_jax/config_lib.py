@@ -13,6 +13,7 @@ CONTRASTIVE_IMPLS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("none", "crop")
+DECODE_METHODS = ("greedy", "beam", "sample")
 
 
 def parse_arg(arg, **defaults):
@@ -123,6 +124,16 @@ def base_config():
   c.eval = ConfigDict()
   c.eval.batch_size = 256
   c.eval.max_examples = 0  # 0: the whole split
+
+  c.decode = ConfigDict()  # --mode=caption (captioning families: coca)
+  c.decode.method = "beam"  # greedy, beam or sample
+  c.decode.beam_size = 4
+  c.decode.length_penalty = 0.6  # alpha of GNMT's ((5 + length) / 6) ** alpha; >= 0
+  c.decode.temperature = 1.0  # sample: logits / temperature
+  c.decode.top_k = 0  # sample: only the k most likely tokens; 0: all
+  c.decode.top_p = 1.0  # sample: nucleus, the fewest tokens with this much probability
+  c.decode.max_length = 0  # generated tokens, EOS included; 0: model.context_length
+  c.decode.show = 10  # captions printed next to the true ones
   return c
 
 
@@ -166,6 +177,15 @@ def validate(config):
   _require(m.num_decoder_queries >= 1, "model.num_decoder_queries", "must be >= 1")
   for weight in ("contrastive_weight", "caption_weight"):
     _require(config.loss[weight] >= 0, f"loss.{weight}", "must be >= 0")
+  dec = config.decode
+  _require(dec.method in DECODE_METHODS, "decode.method",
+           f"{dec.method!r} is not one of {DECODE_METHODS}")
+  _require(dec.beam_size >= 1, "decode.beam_size", "must be >= 1")
+  _require(dec.length_penalty >= 0, "decode.length_penalty", "must be >= 0")
+  _require(0 < dec.top_p <= 1, "decode.top_p", "must be in (0, 1]")
+  _require(dec.temperature >= 0, "decode.temperature", "must be >= 0 (0: greedy)")
+  _require(0 <= dec.max_length <= m.context_length, "decode.max_length",
+           f"must be in [0, model.context_length={m.context_length}]")
   _require(t.batch_size > 0, "train.batch_size", "must be positive")
   _require(t.accum_steps >= 1 and t.batch_size % t.accum_steps == 0, "train.accum_steps",
            f"{t.accum_steps} must be >= 1 and divide train.batch_size={t.batch_size}")

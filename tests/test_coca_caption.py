@@ -1,0 +1,36 @@
+"""CoCa through the real entry point: train, caption a data spec and a folder of images
+from the checkpoint."""
+import json
+import os
+
+import numpy as np
+
+import main
+from tests.helpers import tiny_config, write_scene_folder
+
+
+def test_train_then_caption(tmp_path):
+  folder = write_scene_folder(tmp_path / "data", count=40)
+  c = tiny_config(**{"model.name": "coca", "model.num_decoder_queries": 4,
+                     "model.multimodal_depth": 1, "model.context_length": 24,
+                     "data.train": f"jsonl:{folder}", "data.eval": "",
+                     "train.steps": 2, "train.batch_size": 8, "data.shuffle_buffer": 64,
+                     "eval.batch_size": 16, "decode.beam_size": 2, "decode.show": 2})
+  workdir = str(tmp_path / "work")
+  trained = main.run(c, "train", workdir)
+  assert np.isfinite(trained["caption_loss"]) and np.isfinite(trained["contrastive_loss"])
+  np.testing.assert_allclose(trained["loss"],
+                             trained["contrastive_loss"] + 2 * trained["caption_loss"], rtol=1e-5)
+
+  result = main.run(c, "caption", workdir, caption_data=f"jsonl:{folder}")
+  assert result == {"step": 2, "caption/data/examples": 40,
+                    "caption/data/mean_words": result["caption/data/mean_words"]}
+  with open(os.path.join(workdir, "captions", "data_step2.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 40 and all(len(r["references"]) == 1 for r in rows)
+  assert all(isinstance(r["caption"], str) for r in rows)
+
+  images = os.path.join(folder, "images")
+  result = main.run(c, "caption", workdir, caption_data=images)
+  assert result["caption/images/examples"] == 40
+  json.dumps(result)

@@ -1,0 +1,115 @@
+"""`--mode=caption`: a checkpoint's captions of images, beside the true captions.
+
+Input: `--caption_data`, a data spec (`jsonl:PATH:test`, `builtin:shapes:test`, ...) or a
+folder of image files without captions; by default the config's `data.eval` sets. Decoding
+follows the config's `decode` fields. Every caption goes to
+WORKDIR/captions/<set>_step<N>.jsonl; the first `decode.show` are printed beside their
+references.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from vlp_jax import config_lib, data
+from vlp_jax.data import preprocess
+from vlp_jax.data.tf_setup import tf
+from vlp_jax.evaluate import runner
+from vlp_jax.parallel import sharding
+from vlp_jax.train import loop
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+class Captioner(runner.Encoder):
+  """Jitted, sharded decoding over fixed-size batches (one compile), as the encoders."""
+
+  def __init__(self, family, mesh, batch_size, decode, seed):
+    super().__init__(family, mesh, batch_size)
+    rng = jax.random.PRNGKey(seed)
+    options = dict(method=decode.method, beam_size=decode.beam_size,
+                   alpha=decode.length_penalty, temperature=decode.temperature,
+                   top_k=decode.top_k, top_p=decode.top_p, max_len=decode.max_length)
+    self._caption = jax.jit(lambda params, images: family.caption(params, images, rng, **options),
+                            in_shardings=(None, sharding.batch_sharding(mesh)),
+                            out_shardings=sharding.replicated(mesh))
+
+  def captions(self, params, images):
+    return self._run(self._caption, params, images)
+
+
+def image_folder(path, image_size):
+  """(name, images, keys, references=None) of the image files in a folder, sorted by name;
+  unreadable ones are logged and skipped."""
+  names = sorted(f for f in tf.io.gfile.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+  images, keys = [], []
+  for name in names:
+    try:
+      with tf.io.gfile.GFile(os.path.join(path, name), "rb") as f:
+        images.append(preprocess.preprocess(f.read(), image_size).numpy())
+      keys.append(name)
+    except tf.errors.InvalidArgumentError as e:
+      logging.warning("skipping %s: %s", name, str(e).splitlines()[0])
+  if not images:
+    raise ValueError(f"--caption_data={path!r}: no readable image file ({', '.join(IMAGE_SUFFIXES)})")
+  return os.path.basename(os.path.normpath(path)), np.stack(images), keys, None
+
+
+def eval_set_input(spec, s):
+  """(name, images, keys, references per image) of an evaluation data spec."""
+  c = s.config
+  ev = data.load_eval_set(spec, c, s.tokenizer, data_dir=c.data.data_dir,
+                          holdout_percent=c.data.holdout_percent)
+  owner = np.arange(len(ev.captions)) if ev.text_image is None else ev.text_image
+  refs = [[] for _ in range(len(ev.images))]
+  for caption, i in zip(ev.captions, owner):
+    refs[i].append(caption)
+  return ev.name, ev.images, list(range(len(ev.images))), refs
+
+
+def caption_checkpoint(config, workdir, step=None, caption_data=None):
+  """Captions every input set; returns a summary per set (count, mean length in words)."""
+  s = loop.setup(config, workdir)
+  if not hasattr(s.family, "caption"):
+    raise ValueError(f"Config field 'model.name': {config.model.name!r} has no caption "
+                     f"decoder; --mode=caption needs coca")
+  restored = s.checkpointer.restore(s.abstract_state, s.shardings, step)
+  if restored is None:
+    raise ValueError(f"No checkpoint in {s.checkpointer.directory}; train first "
+                     f"(--mode=train) or pass --workdir of a trained run")
+  state, _ = restored
+  s.checkpointer.close()
+  step = int(state.step)
+  specs = [caption_data] if caption_data else config_lib.eval_specs(config)
+  if not specs:
+    raise ValueError("Nothing to caption: pass --caption_data or set data.eval")
+  captioner = Captioner(s.family, s.mesh, config.eval.batch_size, config.decode, config.seed)
+  results = {"step": step}
+  primary = jax.process_index() == 0
+  for spec in specs:
+    if tf.io.gfile.isdir(spec) and not tf.io.gfile.exists(os.path.join(spec, "captions.jsonl")):
+      name, images, keys, refs = image_folder(spec, config.model.image_size)
+    else:
+      name, images, keys, refs = eval_set_input(spec, s)
+    texts = s.tokenizer.decode(captioner.captions(state.params, images))
+    rows = [dict(image=k, caption=t, **({"references": refs[i]} if refs else {}))
+            for i, (k, t) in enumerate(zip(keys, texts))]
+    if primary:
+      _write(workdir, f"{name}_step{step}.jsonl", rows)
+      for row in rows[:config.decode.show]:
+        print(f"[{name} {row['image']}] generated: {row['caption']!r}"
+              + (f"  true: {row['references'][0]!r}" if refs else ""), flush=True)
+    results[f"caption/{name}/examples"] = len(rows)
+    results[f"caption/{name}/mean_words"] = float(np.mean([len(t.split()) for t in texts]))
+  return results
+
+
+def _write(workdir, filename, rows):
+  folder = os.path.join(workdir, "captions")
+  tf.io.gfile.makedirs(folder)
+  with tf.io.gfile.GFile(os.path.join(folder, filename), "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  logging.info("wrote %d captions to %s", len(rows), os.path.join(folder, filename))
