@@ -1,14 +1,15 @@
 """wds: sources: img2dataset's tar layout, per-host shards, exact resume, bad records."""
+import gc
 import io
 import json
 import os
 import struct
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
 import main
 from tests.helpers import tiny_config
 from vlp_jax import data
@@ -115,6 +116,18 @@ def test_resume_sees_exactly_the_same_samples(shards, tok, tmp_path, kind):
   for k in (1, 7, 15, 23):
     resumed, _ = _keys(config, tok, 36 - k, position=positions[k - 1])
     assert resumed == full[k:], f"resumed after batch {k}"
+
+
+def test_iterator_teardown_is_prompt(shards, tok):
+  """No Python runs inside tf.data (tars are parsed with TF ops), so deleting an iterator
+  in mid-stream cannot wait on the GIL or a callback."""
+  it = data.TrainIterator(_config(shards, shard_cycle=3), tok)
+  for _ in range(3):
+    next(it)
+  started = time.perf_counter()
+  del it
+  gc.collect()
+  assert time.perf_counter() - started < 5
 
 
 def test_hosts_read_disjoint_shards(shards, tok):
