@@ -113,7 +113,7 @@ def main():
                     "images_per_s_wall": round(full["images_per_s"], 1),
                     "wall_per_core": round(full["images_per_s"] / args.cores, 1),
                     "cores": args.cores, "image_size": args.size, "jpeg_kb": round(jpeg_bytes / 1e3, 1),
-                    "stages_images_per_cpu_s": {s["stage"].strip(" +or"): round(s["images_per_cpu_s"], 1)
+                    "stages_images_per_cpu_s": {s["stage"].removeprefix("+ ").removeprefix("or ").strip(): round(s["images_per_cpu_s"], 1)
                                                 for s in stages}}))
 
 
