@@ -16,7 +16,7 @@ from absl import logging
 from vlp_jax import config_lib, data
 from vlp_jax.data import preprocess
 from vlp_jax.data.tf_setup import tf
-from vlp_jax.evaluate import runner
+from vlp_jax.evaluate import caption_metrics, runner
 from vlp_jax.parallel import sharding
 from vlp_jax.train import loop
 
@@ -70,7 +70,8 @@ def eval_set_input(spec, s):
 
 
 def caption_checkpoint(config, workdir, step=None, caption_data=None):
-  """Captions every input set; returns a summary per set (count, mean length in words)."""
+  """Captions every input set; returns per set the count, mean length in words and, where
+  references exist, BLEU-4 and CIDEr-D (with a random-caption CIDEr-D floor)."""
   s = loop.setup(config, workdir)
   if not hasattr(s.family, "caption"):
     raise ValueError(f"Config field 'model.name': {config.model.name!r} has no caption "
@@ -103,7 +104,24 @@ def caption_checkpoint(config, workdir, step=None, caption_data=None):
               + (f"  true: {row['references'][0]!r}" if refs else ""), flush=True)
     results[f"caption/{name}/examples"] = len(rows)
     results[f"caption/{name}/mean_words"] = float(np.mean([len(t.split()) for t in texts]))
+    if refs:
+      results.update(_scores(name, texts, refs, config.seed))
   return results
+
+
+def _scores(name, texts, refs, seed):
+  """BLEU-4 and CIDEr-D of the generated captions, and, as the floor to beat, CIDEr-D of a
+  caption drawn at random from the other images' references."""
+  keys = [str(i) for i in range(len(texts))]
+  gts = dict(zip(keys, refs))
+  out = {f"caption/{name}/bleu4": caption_metrics.bleu(dict(zip(keys, texts)), gts)["bleu4"],
+         f"caption/{name}/cider": caption_metrics.cider_d(dict(zip(keys, texts)), gts)}
+  if len(refs) > 1:
+    rng = np.random.default_rng(seed)
+    shift = rng.integers(1, len(refs), size=len(refs))
+    drawn = {k: refs[(i + shift[i]) % len(refs)][0] for i, k in enumerate(keys)}
+    out[f"caption/{name}/cider_random_caption"] = caption_metrics.cider_d(drawn, gts)
+  return out
 
 
 def _write(workdir, filename, rows):
