@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
-DEMO_CONFIG ?= configs/clip_tiny.py
+DEMO_CONFIG ?= configs/coca_base.py:variant=tiny
 PYTEST_ARGS ?= -n 2
 
 .PHONY: install demo test clean

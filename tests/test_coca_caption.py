@@ -13,7 +13,7 @@ def test_train_then_caption(tmp_path):
   folder = write_scene_folder(tmp_path / "data", count=40)
   c = tiny_config(**{"model.name": "coca", "model.num_decoder_queries": 4,
                      "model.multimodal_depth": 1, "model.context_length": 24,
-                     "data.train": f"jsonl:{folder}", "data.eval": "",
+                     "data.train": f"jsonl:{folder}", "data.eval": f"jsonl:{folder}",
                      "train.steps": 2, "train.batch_size": 8, "data.shuffle_buffer": 64,
                      "eval.batch_size": 16, "decode.beam_size": 2, "decode.show": 2})
   workdir = str(tmp_path / "work")
@@ -21,6 +21,8 @@ def test_train_then_caption(tmp_path):
   assert np.isfinite(trained["caption_loss"]) and np.isfinite(trained["contrastive_loss"])
   np.testing.assert_allclose(trained["loss"],
                              trained["contrastive_loss"] + 2 * trained["caption_loss"], rtol=1e-5)
+  # Training a captioning family ends with caption metrics beside retrieval.
+  assert {"caption/data/bleu4", "caption/data/cider", "retrieval/data/t2i_r10"} <= set(trained)
 
   result = main.run(c, "caption", workdir, caption_data=f"jsonl:{folder}")
   assert result["step"] == 2 and result["caption/data/examples"] == 40

@@ -57,16 +57,36 @@ def image_folder(path, image_size):
   return os.path.basename(os.path.normpath(path)), np.stack(images), keys, None
 
 
+def references(ev):
+  """The true captions of each image of an EvalSet."""
+  owner = np.arange(len(ev.captions)) if ev.text_image is None else ev.text_image
+  refs = [[] for _ in range(len(ev.images))]
+  for caption, i in zip(ev.captions, owner):
+    refs[i].append(caption)
+  return refs
+
+
 def eval_set_input(spec, s):
   """(name, images, keys, references per image) of an evaluation data spec."""
   c = s.config
   ev = data.load_eval_set(spec, c, s.tokenizer, data_dir=c.data.data_dir,
                           holdout_percent=c.data.holdout_percent)
-  owner = np.arange(len(ev.captions)) if ev.text_image is None else ev.text_image
-  refs = [[] for _ in range(len(ev.images))]
-  for caption, i in zip(ev.captions, owner):
-    refs[i].append(caption)
-  return ev.name, ev.images, list(range(len(ev.images))), refs
+  return ev.name, ev.images, list(range(len(ev.images))), references(ev)
+
+
+def evaluate_sets(family, mesh, params, tokenizer, eval_sets, config):
+  """Caption metrics of loaded EvalSets (the end of training of a captioning family),
+  printing the first `decode.show` captions beside their references."""
+  captioner = Captioner(family, mesh, config.eval.batch_size, config.decode, config.seed)
+  results = {}
+  for ev in eval_sets:
+    texts = tokenizer.decode(captioner.captions(params, ev.images))
+    refs = references(ev)
+    if jax.process_index() == 0:
+      for i in range(min(config.decode.show, len(texts))):
+        print(f"[{ev.name} {i}] generated: {texts[i]!r}  true: {refs[i][0]!r}", flush=True)
+    results.update(_scores(ev.name, texts, refs, config.seed))
+  return results
 
 
 def caption_checkpoint(config, workdir, step=None, caption_data=None):

@@ -161,6 +161,11 @@ def train(config, workdir):
     s.checkpointer.wait()
     if eval_sets:
       results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets)
+      if hasattr(s.family, "caption"):
+        # Imported here: the captioner builds on this module (setup) for --mode=caption.
+        from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
+        results.update(captioner.evaluate_sets(s.family, s.mesh, state.params, s.tokenizer,
+                                               eval_sets, c))
       log.write(c.train.steps, results)
       final.update(results)
   finally:
