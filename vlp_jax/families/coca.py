@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from vlp_jax import losses
+from vlp_jax.families.clip import ClipFamily
 from vlp_jax.losses import contrastive
 from vlp_jax.models import coca as coca_model
 from vlp_jax.models import decoding
@@ -36,15 +37,9 @@ class CocaFamily:
     self.decoder = coca_model.from_config(config.model, eos_id, decode=True)
     self.loss_impl = self.LOSSES[config.loss.contrastive]
 
-  def example_batch(self, batch_size):
-    m = self.config.model
-    return {
-        "image": jax.ShapeDtypeStruct((batch_size, m.image_size, m.image_size, 3), jnp.float32),
-        "tokens": jax.ShapeDtypeStruct((batch_size, m.context_length), jnp.int32),
-    }
-
-  def init(self, rng, batch):
-    return self.module.init(rng, batch["image"], batch["tokens"])["params"]
+  # The same batch fields and initialisation as the two-tower families.
+  example_batch = ClipFamily.example_batch
+  init = ClipFamily.init
 
   def features(self, params, batch, rng):
     """Embeddings and per-example captioning sums: all the loss needs of the batch."""
@@ -66,12 +61,9 @@ class CocaFamily:
                       caption_loss=caption_loss,
                       caption_accuracy=jnp.sum(features["caption_correct"]) / tokens)
 
-  def encode_image(self, params, images):
-    """Images [b, S, S, 3] or videos [b, T, S, S, 3] (one pooler over space-time tokens)."""
-    return self.module.apply({"params": params}, images, method=self.module.encode_image)
-
-  def encode_text(self, params, tokens):
-    return self.module.apply({"params": params}, tokens, method=self.module.encode_text)
+  # encode_image also takes videos [b, T, S, S, 3]: one pooler over all space-time tokens.
+  encode_image = ClipFamily.encode_image
+  encode_text = ClipFamily.encode_text
 
   def encode_video_frames(self, params, videos):
     """Zero-shot video retrieval embedding: the mean of the frames' image embeddings."""
