@@ -129,3 +129,17 @@ def check(record):
     reason = tf.where(flaw > 0, flaw, reason)
   record["reason"] = reason
   return record
+
+
+def usable_captions(raw_captions):
+  """The captions (bytes) that are valid UTF-8 and not blank, decoded: the ones the pipeline
+  keeps, so a tokenizer trains on what training will see."""
+  out = []
+  for raw in raw_captions:
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+      continue
+    if text.strip():
+      out.append(text)
+  return out

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vlp_jax.data import checks
 from vlp_jax.data import scenes
 from vlp_jax.data import shapes
 from vlp_jax.data.tf_setup import tf
@@ -166,15 +167,7 @@ class JsonlFolder:
 
   def captions(self):
     """Captions that are valid UTF-8 and not blank (the pipeline skips the others)."""
-    out = []
-    for raw in self.raw_captions:
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError:
-        continue
-      if text.strip():
-        out.append(text)
-    return out
+    return checks.usable_captions(self.raw_captions)
 
 
 def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4, image_key="",

@@ -168,15 +168,7 @@ class WebDataset:
   def captions(self, limit=100_000):
     """Usable captions of the first `limit` samples (in sorted shard order), for a tokenizer."""
     ds = self.records().filter(lambda r: r["flaw"] == 0).map(lambda r: r["caption"])
-    out = []
-    for raw in ds.take(limit).as_numpy_iterator():
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError:
-        continue
-      if text.strip():
-        out.append(text)
-    return out
+    return checks.usable_captions(ds.take(limit).as_numpy_iterator())
 
 
 def _block_seed(seed, block):
