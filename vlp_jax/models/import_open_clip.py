@@ -1,0 +1,269 @@
+"""Imports OpenAI / open_clip ViT CLIP checkpoints as parameters of our `Clip`.
+
+  sd = load_state_dict("ViT-B-32.pt")           # OpenAI jit archive, open_clip .bin/.pt,
+  config.model.update(config_from_state_dict(sd))  # .safetensors or .npz
+  params = clip_params(sd, config.model)
+  family = families.get_family(config, eos_id=49407)  # OpenAI's end-of-text id
+
+Only the OpenAI layout is mapped: ViT image tower with a class token, causal text tower
+pooled at the end-of-text token, projections without bias. Other open_clip variants
+(ResNet towers, layer scale, attentional pooling, timm or HF towers) have other keys and
+are rejected by the key check rather than imported wrongly. Settings that leave no trace
+in the weights cannot be checked here: the number of heads (see config_from_state_dict),
+the activation, and the pooling type (open_clip's pool_type / final_ln_after_pool).
+"""
+import math
+import re
+import zipfile
+
+import jax
+import ml_collections
+import numpy as np
+
+from vlp_jax import config_lib
+
+# OpenAI's jit archives store these sizes as tensors beside the weights; the shapes carry them.
+METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_RESBLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.")
+
+
+def config_from_state_dict(state_dict, vision_head_dim=64, text_head_dim=64,
+                           activation="quick_gelu"):
+  """The `config.model` fields a checkpoint fixes, for `config.model.update(...)`.
+
+  Attention weights are [3W, W] whatever the number of heads, so heads are width / head_dim:
+  64 for every OpenAI model and most open_clip ones (ViT-H-14's image tower uses 80,
+  ViT-bigG-14's 104). A wrong head count imports without error and gives wrong outputs.
+  The activation is not in the weights either: OpenAI and open_clip's `-quickgelu` models
+  use quick_gelu, other open_clip models gelu.
+
+  Our text tower pools at the first `eos_id` token, OpenAI and open_clip at the largest
+  token id, which is their end-of-text id (49407): build the family with that eos_id and
+  feed their BPE tokens; padding must stay below it.
+  """
+  _reject_other_layouts(state_dict)
+  shape = lambda key: tuple(_require_key(state_dict, key).shape)
+  vision_width, _, patch, _ = shape("visual.conv1.weight")
+  grid = math.isqrt(shape("visual.positional_embedding")[0] - 1)
+  if grid * grid + 1 != shape("visual.positional_embedding")[0]:
+    raise ValueError(f"'visual.positional_embedding' has {shape('visual.positional_embedding')[0]} "
+                     "rows, not 1 + a square number of patches")
+  vocab_size, text_width = shape("token_embedding.weight")
+  context_length = shape("positional_embedding")[0]
+  embed_dim = shape("text_projection")[1]
+  depths = {"visual.": 0, "": 0}
+  for key in state_dict:
+    match = _RESBLOCK.match(key)
+    if match:
+      tower = match.group(1) or ""
+      depths[tower] = max(depths[tower], int(match.group(2)) + 1)
+  vision_mlp = shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0]
+  text_mlp = shape("transformer.resblocks.0.mlp.c_fc.weight")[0]
+  for name, width, head_dim in (("vision", vision_width, vision_head_dim),
+                                ("text", text_width, text_head_dim)):
+    if width % head_dim:
+      raise ValueError(f"The {name} width {width} is not a multiple of head_dim={head_dim}")
+  log_scale = float(np.asarray(_require_key(state_dict, "logit_scale")).reshape(()))
+  return ml_collections.ConfigDict(dict(
+      name="clip", image_size=grid * patch, patch_size=patch,
+      vision_width=vision_width, vision_depth=depths["visual."],
+      vision_heads=vision_width // vision_head_dim, vision_mlp_ratio=vision_mlp / vision_width,
+      vocab_size=vocab_size, context_length=context_length, text_width=text_width,
+      text_depth=depths[""], text_heads=text_width // text_head_dim,
+      text_mlp_ratio=text_mlp / text_width, embed_dim=embed_dim, activation=activation,
+      image_pool="cls", text_pool="eos", text_causal=True,
+      logit_scale_init=math.exp(log_scale), logit_scale_max=100.0))
+
+
+def clip_params(state_dict, config_model, scan=None):
+  """Our `Clip` parameters (nested dicts of float32 numpy arrays) from an OpenAI state dict.
+
+  The tree has the structure and shapes of `family.init` after `nn.meta.unbox`, the form
+  the trainer keeps; `scan` (default: config_model.scan) stacks each tower's blocks under
+  `encoder/blocks` instead of `encoder/block_{i}`. config_model may hold only the fields
+  of config_from_state_dict; the rest take base_config's defaults. Every checkpoint key
+  must be used and every expected one present; wrong shapes raise ValueError naming the key.
+  """
+  m = config_lib.base_config().model
+  m.update(dict(config_model))
+  if scan is not None:
+    m.scan = bool(scan)
+  for field, want in (("name", "clip"), ("image_pool", "cls"), ("text_pool", "eos"),
+                      ("text_causal", True)):
+    if m[field] != want:
+      raise ValueError(f"Config field 'model.{field}' is {m[field]!r}; OpenAI CLIP needs {want!r}")
+  _reject_other_layouts(state_dict)
+  layout = _layout(m)
+  found = {k: v for k, v in state_dict.items() if k not in METADATA_KEYS}
+  missing = sorted(set(layout) - set(found))
+  unused = sorted(set(found) - set(layout))
+  if missing or unused:
+    raise ValueError(f"Checkpoint does not match the config: missing keys {missing}, "
+                     f"unused keys {unused}")
+  params = {}
+  for key, (shape, path, convert) in layout.items():
+    value = np.asarray(found[key], np.float32)
+    if key == "logit_scale" and value.size == 1:
+      value = value.reshape(())  # open_clip's nonscalar_logit_scale stores shape [1]
+    if value.shape != shape:
+      raise ValueError(f"Checkpoint key {key!r}: expected shape {shape}, found {value.shape}")
+    _set(params, path, convert(value))
+  for tower in ("image_tower", "text_tower"):
+    encoder = params[tower]["encoder"]
+    blocks = [encoder.pop(f"block_{i}") for i in range(len(encoder))]
+    if m.scan:
+      encoder["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *blocks)
+    else:
+      encoder.update({f"block_{i}": block for i, block in enumerate(blocks)})
+  _check_against_model(params, m)
+  return params
+
+
+def load_state_dict(path):
+  """key -> float32 numpy array from .safetensors, .npz, or torch .pt/.bin/jit archives.
+
+  A leading "module." (DistributedDataParallel) is stripped, and open_clip's training
+  checkpoints ({"state_dict": ..., "optimizer": ...}) give their state_dict.
+  """
+  path = str(path)
+  if path.endswith(".safetensors"):
+    try:
+      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f"Reading {path} needs the 'safetensors' package "
+                        "(pip install safetensors)") from e
+    raw = load_file(path)
+  elif path.endswith(".npz"):
+    with np.load(path) as npz:
+      raw = {k: npz[k] for k in npz.files}
+  else:
+    raw = {k: v.detach().float().cpu().numpy() for k, v in _torch_state_dict(path).items()}
+  out = {}
+  for key, value in raw.items():
+    key = key[len("module."):] if key.startswith("module.") else key
+    out[key] = np.asarray(value, np.float32)
+  return out
+
+
+def _torch_state_dict(path):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"Reading {path} needs the 'torch' package; or convert it to "
+                      ".safetensors or .npz where torch is installed") from e
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      # TorchScript archives (OpenAI's released models) carry their code beside the data.
+      scripted = any("/code/" in name or name.endswith("constants.pkl")
+                     for name in archive.namelist())
+    if scripted:
+      return torch.jit.load(path, map_location="cpu").state_dict()
+  loaded = torch.load(path, map_location="cpu", weights_only=True)
+  if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+    loaded = loaded["state_dict"]
+  if not isinstance(loaded, dict):
+    raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict")
+  return loaded
+
+
+def _reject_other_layouts(state_dict):
+  """Names the open_clip variants we cannot map before the long missing-key list does."""
+  if "visual.layer1.0.conv1.weight" in state_dict or "visual.attnpool.c_proj.weight" in state_dict:
+    raise ValueError("This checkpoint has a ResNet image tower (OpenAI RN50...); "
+                     "only ViT towers can be imported")
+  for key in state_dict:
+    if key.startswith(("visual.trunk.", "text.")):
+      raise ValueError(f"Key {key!r}: timm / HF / custom-text towers cannot be imported; "
+                       "only the OpenAI CLIP layout")
+
+
+def _require_key(state_dict, key):
+  if key not in state_dict:
+    raise ValueError(f"Checkpoint has no {key!r}: not an OpenAI-layout ViT CLIP")
+  return np.asarray(state_dict[key])
+
+
+def _layout(m):
+  """checkpoint key -> (expected shape, our parameter path, converter to our layout)."""
+  ident = lambda x: x
+  transpose = lambda x: x.T
+  vision_width, text_width, p = m.vision_width, m.text_width, m.patch_size
+  grid = m.image_size // p
+  layout = {
+      # torch conv [out, in, kh, kw] -> flax conv on NHWC [kh, kw, in, out]
+      "visual.conv1.weight": ((vision_width, 3, p, p), ("image_tower", "patch_embed", "kernel"),
+                              lambda x: x.transpose(2, 3, 1, 0)),
+      "visual.class_embedding": ((vision_width,), ("image_tower", "cls"), ident),
+      "visual.positional_embedding": ((grid * grid + 1, vision_width),
+                                      ("image_tower", "pos_embedding"), ident),
+      "visual.proj": ((vision_width, m.embed_dim), ("image_tower", "proj", "kernel"), ident),
+      "token_embedding.weight": ((m.vocab_size, text_width), ("text_tower", "token_embedding"),
+                                 ident),
+      "positional_embedding": ((m.context_length, text_width), ("text_tower", "pos_embedding"),
+                               ident),
+      "text_projection": ((text_width, m.embed_dim), ("text_tower", "proj", "kernel"), ident),
+      "logit_scale": ((), ("log_logit_scale",), ident),
+  }
+  for key, tower, name, width in (("visual.ln_pre", "image_tower", "ln_pre", vision_width),
+                                  ("visual.ln_post", "image_tower", "ln_post", vision_width),
+                                  ("ln_final", "text_tower", "ln_final", text_width)):
+    layout.update(_layer_norm(key, (tower, name), width))
+  towers = (("visual.", "image_tower", vision_width, m.vision_depth, m.vision_heads,
+             int(vision_width * m.vision_mlp_ratio)),
+            ("", "text_tower", text_width, m.text_depth, m.text_heads,
+             int(text_width * m.text_mlp_ratio)))
+  for prefix, tower, width, depth, heads, mlp in towers:
+    head_dim = width // heads
+    for i in range(depth):
+      src = f"{prefix}transformer.resblocks.{i}."
+      dst = (tower, "encoder", f"block_{i}")
+      layout.update(_layer_norm(src + "ln_1", dst + ("ln_attn",), width))
+      layout.update(_layer_norm(src + "ln_2", dst + ("ln_mlp",), width))
+      layout.update({
+          # torch in_proj rows: q, k, v blocks of W rows, each block heads x head_dim rows.
+          src + "attn.in_proj_weight": (
+              (3 * width, width), dst + ("attn", "qkv_kernel"),
+              lambda x, h=heads, k=head_dim, w=width: x.reshape(3, h, k, w).transpose(3, 0, 1, 2)),
+          src + "attn.in_proj_bias": ((3 * width,), dst + ("attn", "qkv_bias"),
+                                      lambda x, h=heads, k=head_dim: x.reshape(3, h, k)),
+          # out_proj input columns are the heads' outputs concatenated.
+          src + "attn.out_proj.weight": (
+              (width, width), dst + ("attn", "out_kernel"),
+              lambda x, h=heads, k=head_dim, w=width: x.T.reshape(h, k, w)),
+          src + "attn.out_proj.bias": ((width,), dst + ("attn", "out_bias"), ident),
+          src + "mlp.c_fc.weight": ((mlp, width), dst + ("mlp", "fc1", "kernel"), transpose),
+          src + "mlp.c_fc.bias": ((mlp,), dst + ("mlp", "fc1", "bias"), ident),
+          src + "mlp.c_proj.weight": ((width, mlp), dst + ("mlp", "fc2", "kernel"), transpose),
+          src + "mlp.c_proj.bias": ((width,), dst + ("mlp", "fc2", "bias"), ident),
+      })
+  return layout
+
+
+def _layer_norm(key, path, width):
+  ident = lambda x: x
+  return {f"{key}.weight": ((width,), path + ("scale",), ident),
+          f"{key}.bias": ((width,), path + ("bias",), ident)}
+
+
+def _set(tree, path, value):
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
+
+
+def _check_against_model(params, m):
+  """Guards against our model's layout drifting away from this mapping."""
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from vlp_jax.models import clip  # pylint: disable=g-import-not-at-top
+  module = clip.from_config(m, eos_id=0)
+  images = jax.ShapeDtypeStruct((1, m.image_size, m.image_size, 3), np.float32)
+  tokens = jax.ShapeDtypeStruct((1, m.context_length), np.int32)
+  abstract = nn.meta.unbox(jax.eval_shape(
+      lambda i, t: module.init(jax.random.PRNGKey(0), i, t)["params"], images, tokens))
+  ours = jax.tree_util.tree_flatten_with_path(params)[0]
+  want = jax.tree_util.tree_flatten_with_path(abstract)[0]
+  ours = {jax.tree_util.keystr(k): v.shape for k, v in ours}
+  want = {jax.tree_util.keystr(k): v.shape for k, v in want}
+  if ours != want:
+    diff = sorted(k for k in set(ours) | set(want) if ours.get(k) != want.get(k))
+    raise AssertionError(f"import_open_clip no longer matches models/clip.py at {diff[:5]}")
