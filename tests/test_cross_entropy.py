@@ -1,0 +1,198 @@
+"""Fused chunked cross-entropy against a float64 reference, the plain loss, and itself.
+
+Chunk sizes 3 (L = 7 as three chunks of 3, the last padded), 1, 2, 7 and 100 must give the
+reference's loss and gradients, under jit on 1 and 8 devices, inside lax.map and jax.vjp,
+while compiling to far less temporary memory than the [B, L, V] logits.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vlp_jax.losses.cross_entropy import fused_cross_entropy
+
+B, L, D, V = 4, 7, 16, 50
+
+
+def make_inputs(b=B, seed=0):
+  """float32 hidden, kernel, bias; labels; 0/1 weights with a fully-masked row."""
+  rng = np.random.default_rng(seed)
+  hidden = rng.normal(size=(b, L, D)).astype(np.float32)
+  kernel = (0.3 * rng.normal(size=(D, V))).astype(np.float32)
+  bias = rng.normal(size=(V,)).astype(np.float32)
+  labels = rng.integers(0, V, size=(b, L)).astype(np.int32)
+  weights = (rng.random((b, L)) > 0.3).astype(np.float32)
+  weights[1] = 0.0
+  return hidden, kernel, bias, labels, weights
+
+
+def reference(hidden, kernel, bias, labels, weights):
+  """float64 numpy: (total, nll, correct) and the analytic gradients of total."""
+  h, k = hidden.astype(np.float64), kernel.astype(np.float64)
+  logits = h @ k + (0.0 if bias is None else bias.astype(np.float64))
+  m = logits.max(axis=-1, keepdims=True)
+  lse = m[..., 0] + np.log(np.exp(logits - m).sum(axis=-1))
+  nll = lse - np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  correct = (logits.argmax(axis=-1) == labels).astype(np.float64)
+  onehot = np.eye(V)[labels]
+  d_logits = weights[..., None] * (np.exp(logits - lse[..., None]) - onehot)
+  grads = (d_logits @ k.T, np.einsum("bld,blv->dv", h, d_logits), d_logits.sum(axis=(0, 1)))
+  return np.sum(weights * nll), nll, correct, grads
+
+
+def plain_total(hidden, kernel, bias, labels, weights):
+  """The unfused float32 loss: all [B, L, V] logits at once."""
+  logits = (hidden @ kernel + bias).astype(jnp.float32)
+  nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
+      logits, labels[..., None], axis=-1)[..., 0]
+  return jnp.sum(weights * nll)
+
+
+def fused_total(chunk):
+  return lambda h, k, b, labels, w: fused_cross_entropy(h, k, b, labels, w, chunk)[0]
+
+
+def value_and_grads(fn, args):
+  return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))(*args)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_values_and_gradients_match_float64_reference(with_bias):
+  h, k, b, labels, w = make_inputs()
+  b = b if with_bias else None
+  total, nll, correct = jax.jit(fused_cross_entropy, static_argnums=5)(h, k, b, labels, w, 3)
+  ref_total, ref_nll, ref_correct, ref_grads = reference(h, k, b, labels, w)
+  assert total.dtype == nll.dtype == correct.dtype == jnp.float32
+  assert nll.shape == correct.shape == (B, L)
+  np.testing.assert_allclose(total, ref_total, rtol=1e-5)
+  np.testing.assert_allclose(nll, ref_nll, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(correct, ref_correct)
+  assert 0 < ref_correct.sum() < ref_correct.size  # both branches of correct are exercised
+
+  fused = lambda h, k, b: fused_cross_entropy(h, k, b, labels, w, 3)[0]
+  grads = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(h, k, b)
+  assert (grads[2] is None) == (not with_bias)
+  for g, ref in zip(grads, ref_grads):
+    if g is not None:
+      np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6)
+  assert not np.any(grads[0][1])  # a fully-masked row gets no gradient
+
+
+def test_gradients_match_plain_float32_loss():
+  args = make_inputs()
+  total, grads = value_and_grads(fused_total(3), args)
+  plain, plain_grads = value_and_grads(plain_total, args)
+  np.testing.assert_allclose(total, plain, rtol=1e-6)
+  for g, ref in zip(grads, plain_grads):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_non_unit_cotangent_is_exact():
+  h, k, b, labels, w = make_inputs()
+  grad = lambda fn: jax.jit(jax.grad(fn, argnums=(0, 1, 2)))(h, k, b)
+
+  def outer(total_fn):  # total's cotangent is 0.04 * total + 3.7, not 1
+    def fn(h, k, b):
+      t = total_fn(h, k, b, labels, w)
+      return 0.02 * t ** 2 + 3.7 * t + jnp.sum(jnp.sin(h))
+    return fn
+
+  for g, ref in zip(grad(outer(fused_total(3))), grad(outer(plain_total))):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
+  # nll and correct are stop-gradient: their cotangents never reach the inputs.
+  @jax.jit
+  def d_hidden(h):
+    _, vjp = jax.vjp(lambda h: fused_cross_entropy(h, k, b, labels, w, 3), h)
+    return vjp((jnp.float32(2.5), jnp.ones((B, L)), jnp.ones((B, L))))[0]
+  d_h = d_hidden(h)
+  np.testing.assert_allclose(d_h, 2.5 * reference(h, k, b, labels, w)[3][0], rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_inside_lax_map_and_vjp_like_gradient_accumulation():
+  h, k, b, labels, w = make_inputs()
+  micro = lambda a: a.reshape(2, B // 2, *a.shape[1:])
+
+  @functools.partial(jax.jit, static_argnums=5)
+  def accumulated(h, k, b, labels, w, fused):
+    total_fn = fused_total(3) if fused else plain_total
+    def one(xs):
+      mh, ml, mw = xs
+      loss, vjp = jax.vjp(lambda mh, kk, bb: total_fn(mh, kk, bb, ml, mw), mh, k, b)
+      return loss, vjp(jnp.float32(0.5))
+    losses, grads = jax.lax.map(one, (micro(h), micro(labels), micro(w)))
+    return jnp.sum(losses), grads
+
+  got = accumulated(h, k, b, labels, w, True)
+  want = accumulated(h, k, b, labels, w, False)
+  for g, ref in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_batch_on_8_devices_matches_one_device():
+  assert jax.device_count() == 8
+  h, k, b, labels, w = make_inputs(b=8, seed=1)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  rows = NamedSharding(mesh, P("data"))
+  sharded = (jax.device_put(h, rows), k, b, jax.device_put(labels, rows),
+             jax.device_put(w, rows))
+  fn = jax.jit(lambda *a: (fused_cross_entropy(*a, chunk=3),
+                           jax.grad(fused_total(3), argnums=(0, 1, 2))(*a)))
+  got = fn(*sharded)
+  assert got[1][0].sharding.spec == P("data")  # d_hidden stays with its rows
+  want = fn(h, k, b, labels, w)
+  for g, ref in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_inputs():
+  h, k, b, labels, w = make_inputs()
+  hb, kb = jnp.asarray(h, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
+  total, grads = value_and_grads(fused_total(3), (hb, kb, b, labels, w))
+  assert total.dtype == jnp.float32
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
+  # Reference on the bfloat16-rounded inputs.
+  ref_total, _, _, ref_grads = reference(np.asarray(hb, np.float32), np.asarray(kb, np.float32),
+                                         b, labels, w)
+  # Products of bfloat16 values are exact in float32: only the gradients' matmuls round.
+  np.testing.assert_allclose(total, ref_total, rtol=1e-5)
+  for g, ref in zip(grads[:2], ref_grads[:2]):
+    np.testing.assert_allclose(np.asarray(g, np.float32), ref, rtol=2e-2, atol=1e-2)
+  np.testing.assert_allclose(grads[2], ref_grads[2], rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_sizes_agree():
+  args = make_inputs()
+  run = lambda chunk: jax.jit(lambda *a: (fused_cross_entropy(*a, chunk=chunk),
+                                          jax.grad(fused_total(chunk), (0, 1, 2))(*a)))(*args)
+  want = jax.tree.leaves(run(3))
+  for chunk in (1, 2, 7, 100):  # one position, one padded, all of L, more than L
+    for g, ref in zip(jax.tree.leaves(run(chunk)), want):
+      np.testing.assert_allclose(g, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_three_matmuls_and_none_without_gradient():
+  spec = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in make_inputs()]
+  count = lambda fn: str(jax.make_jaxpr(fn)(*spec)).count("dot_general")
+  assert count(lambda *a: fused_cross_entropy(*a, chunk=3)) == 1  # evaluation: logits only
+  assert count(jax.value_and_grad(fused_total(3), argnums=(0, 1, 2))) == 3  # no recompute
+
+
+def test_temporary_memory_is_a_chunk_not_the_logits():
+  b, d, v = 8, 64, 32000
+  def temp_bytes(fn, length):
+    spec = [jax.ShapeDtypeStruct(s, t) for s, t in [
+        ((b, length, d), jnp.float32), ((d, v), jnp.float32), ((v,), jnp.float32),
+        ((b, length), jnp.int32), ((b, length), jnp.float32)]]
+    compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2))).lower(*spec).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  logits_bytes = b * 64 * v * 4
+  fused, plain = temp_bytes(fused_total(8), 64), temp_bytes(plain_total, 64)
+  # Measured on XLA:CPU: fused 0.38x, plain 2.0x the logits.
+  assert fused < 0.5 * logits_bytes < logits_bytes < plain
+  # Doubling L adds only L-sized buffers, no more logits.
+  assert temp_bytes(fused_total(8), 128) - fused < 0.05 * logits_bytes
