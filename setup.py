@@ -28,5 +28,8 @@ setuptools.setup(
         "test": ["pytest>=8", "pytest-xdist>=3"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+        # bench/compare_open_clip.py: open_clip's own models and losses on a CPU torch (the
+        # build of torch 2.13.0 that pip finds first on a machine with the CPU wheel).
+        "bench": ["torch==2.13.0", "open_clip_torch==3.3.0"],
     },
 )

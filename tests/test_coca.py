@@ -17,14 +17,23 @@ from vlp_jax.train import describe
 COCA = {"model.name": "coca", "model.num_decoder_queries": 4, "model.multimodal_depth": 1}
 
 
-@pytest.fixture(scope="module")
-def coca():
-  config = tiny_config(**COCA)
+# open_clip's CoCa: class-token image embedding, decoder on the patch tokens, its layer order.
+OPEN_CLIP_LAYOUT = {"model.coca_pooling": "cls", "model.multimodal_layer": "open_clip"}
+
+
+@pytest.fixture(scope="module", params=["paper", "open_clip"])
+def coca(request):
+  config = tiny_config(**COCA, **(OPEN_CLIP_LAYOUT if request.param == "open_clip" else {}))
   family = families.get_family(config, eos_id=1)
   batch = random_batch(config)
   params = jax.jit(lambda b: nn.meta.unbox(family.init(jax.random.PRNGKey(0), b)))(batch)
-  forward = jax.jit(lambda p, images, tokens: family.module.apply({"params": p}, images, tokens))
-  return family, params, batch, forward
+  def forward(p, images, tokens):
+    """(img, txt, full logits, scale): the training forward's outputs with the logits that
+    its fused loss never materialises."""
+    img, txt, _, scale = family.module.apply({"params": p}, images, tokens)
+    logits = family.module.apply({"params": p}, images, tokens, method=family.module.logits)
+    return img, txt, logits, scale
+  return family, params, batch, jax.jit(forward)
 
 
 def test_unimodal_half_has_no_future_leak(coca):
@@ -102,13 +111,16 @@ def test_loss_matches_float64_reference(coca):
   assert 0 <= metrics["caption_accuracy"] <= 1
 
 
-def test_one_and_eight_devices_agree():
+@pytest.mark.parametrize("layout", ["paper", "open_clip"])
+def test_one_and_eight_devices_agree(layout):
   """Data x fsdp sharding, the ring loss and 2 micro-batches (both loss terms split into
-  per-example sums) give the single-device step."""
-  reference = run_steps(tiny_config(**COCA, **{"mesh.data": 1}), jax.devices()[:1])
-  sharded = run_steps(tiny_config(**COCA, **{"mesh.data": 2, "mesh.fsdp": 4,
-                                            "loss.contrastive": "ring",
-                                            "train.accum_steps": 2}), jax.devices())
+  per-example sums, the fused vocabulary loss inside the accumulation's vjp) give the
+  single-device step."""
+  variant = dict(COCA, **(OPEN_CLIP_LAYOUT if layout == "open_clip" else {}))
+  reference = run_steps(tiny_config(**variant, **{"mesh.data": 1}), jax.devices()[:1])
+  sharded = run_steps(tiny_config(**variant, **{"mesh.data": 2, "mesh.fsdp": 4,
+                                                "loss.contrastive": "ring",
+                                                "train.accum_steps": 2}), jax.devices())
   assert_same(sharded, reference)
 
 
@@ -116,6 +128,10 @@ def test_video_pools_space_time_tokens(coca):
   """A video of T copies of a frame pools like the frame (duplicated keys keep attention
   weights' proportions); frame-mean embeddings too; different frames change the result."""
   family, params, batch, _ = coca
+  if family.config.model.coca_pooling == "cls":
+    with pytest.raises(ValueError, match="coca_pooling"):
+      family.encode_image(params, jnp.zeros((1, 2) + batch["image"].shape[1:]))
+    return
   encode_image, encode_frames = jax.jit(family.encode_image), jax.jit(family.encode_video_frames)
   frame = jnp.asarray(batch["image"][:3])
   still = jnp.repeat(frame[:, None], 4, axis=1)

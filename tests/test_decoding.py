@@ -24,7 +24,8 @@ def make_model(**overrides):
   params = jax.jit(lambda b: nn.meta.unbox(family.init(jax.random.PRNGKey(0), b)))(batch)
   params["text_decoder"]["output"]["kernel"] *= 4.0
   params["text_decoder"]["output"]["bias"] = params["text_decoder"]["output"]["bias"].at[EOS].add(-3.0)
-  forward = jax.jit(lambda p, images, tokens: family.module.apply({"params": p}, images, tokens))
+  forward = jax.jit(lambda p, images, tokens: family.module.apply(
+      {"params": p}, images, tokens, method=family.module.logits))
   return family, params, jnp.asarray(batch["image"][:3]), forward
 
 
@@ -46,7 +47,7 @@ def greedy_without_cache(family, params, images, forward):
   tokens = np.zeros((images.shape[0], length), np.int32)
   done = np.zeros(images.shape[0], bool)
   for t in range(length):
-    logits = np.array(forward(params, images, tokens)[2][:, t], np.float32)
+    logits = np.array(forward(params, images, tokens)[:, t], np.float32)
     logits[:, 0] = -np.inf
     token = np.where(done, 0, logits.argmax(axis=-1))
     tokens[:, t] = token
@@ -79,7 +80,7 @@ def exhaustive_search(family, params, images, forward, max_len, alpha):
     tokens[i, :len(seq)] = seq
   results = []
   for image in images:
-    logits = np.asarray(forward(params, jnp.repeat(image[None], len(hyps), 0), tokens)[2],
+    logits = np.asarray(forward(params, jnp.repeat(image[None], len(hyps), 0), tokens),
                         np.float64)
     logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     scored = []

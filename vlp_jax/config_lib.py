@@ -71,6 +71,13 @@ def base_config():
   # num_decoder_queries image queries (the captioning pooler; 256 in the paper).
   c.model.multimodal_depth = 2
   c.model.num_decoder_queries = 16
+  # attention: the paper's two attentional poolers; cls: CLIP's class token is the
+  # contrastive embedding and the decoder attends to the patch tokens (open_clip's CoCa
+  # without attentional pooling).
+  c.model.coca_pooling = "attention"
+  # paper: self-attention, cross-attention, MLP; open_clip: self-attention, MLP,
+  # cross-attention to LayerNormed image tokens, MLP (open_clip's MultimodalTransformer).
+  c.model.multimodal_layer = "paper"
 
   c.loss = ConfigDict()
   c.loss.contrastive = "allgather"
@@ -175,6 +182,10 @@ def validate(config):
            f"{m.activation!r} is not gelu, gelu_tanh or quick_gelu")
   _require(m.multimodal_depth >= 1, "model.multimodal_depth", "must be >= 1")
   _require(m.num_decoder_queries >= 1, "model.num_decoder_queries", "must be >= 1")
+  _require(m.coca_pooling in ("attention", "cls"), "model.coca_pooling",
+           f"{m.coca_pooling!r} is not attention or cls")
+  _require(m.multimodal_layer in ("paper", "open_clip"), "model.multimodal_layer",
+           f"{m.multimodal_layer!r} is not paper or open_clip")
   for weight in ("contrastive_weight", "caption_weight"):
     _require(config.loss[weight] >= 0, f"loss.{weight}", "must be >= 0")
   dec = config.decode

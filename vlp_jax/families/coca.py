@@ -3,7 +3,8 @@
 loss = contrastive_weight * InfoNCE(img, txt) + caption_weight * sum(nll) / sum(tokens),
 the captioning term a mean over the non-padding target tokens of the global batch. Each
 example contributes its own nll sum and token count as features, so gradient accumulation
-(train/step.py) stays exact for both terms.
+(train/step.py) stays exact for both terms. The vocabulary head's logits are computed a
+few positions at a time and never held whole (losses/cross_entropy.py).
 """
 import jax
 import jax.numpy as jnp
@@ -14,15 +15,6 @@ from vlp_jax.losses import contrastive
 from vlp_jax.models import coca as coca_model
 from vlp_jax.models import decoding
 from vlp_jax.parallel.mesh import BATCH_AXES
-
-
-def caption_stats(logits, tokens):
-  """Per-example (sum of token nll, target tokens, correct argmax tokens); padding masked."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
-  mask = (tokens != coca_model.PAD_ID).astype(jnp.float32)
-  correct = jax.lax.stop_gradient((jnp.argmax(logp, axis=-1) == tokens) * mask)
-  return jnp.sum(nll * mask, axis=1), jnp.sum(mask, axis=1), jnp.sum(correct, axis=1)
 
 
 class CocaFamily:
@@ -44,10 +36,17 @@ class CocaFamily:
   def features(self, params, batch, rng):
     """Embeddings and per-example captioning sums: all the loss needs of the batch."""
     del rng  # no dropout
-    img, txt, logits, _ = self.module.apply({"params": params}, batch["image"], batch["tokens"])
-    nll, count, correct = caption_stats(logits, batch["tokens"])
-    return {"img": img, "txt": txt, "caption_nll_sum": nll, "caption_tokens": count,
-            "caption_correct": correct}
+    tokens = batch["tokens"]
+    img, txt, (total, nll, correct), _ = self.module.apply({"params": params}, batch["image"],
+                                                           tokens)
+    mask = (tokens != coca_model.PAD_ID).astype(jnp.float32)
+    nll_sum = jnp.sum(nll * mask, axis=1)
+    # The fused head computes its gradient for the batch's total only (models/coca.py
+    # VocabHead). Each example's value is its own nll sum; the gradient of the total is
+    # spread evenly over them, exact for the loss below, which only uses their sum.
+    nll_sum = nll_sum + (total - jax.lax.stop_gradient(total)) / nll_sum.shape[0]
+    return {"img": img, "txt": txt, "caption_nll_sum": nll_sum,
+            "caption_tokens": jnp.sum(mask, axis=1), "caption_correct": jnp.sum(correct, axis=1)}
 
   def loss(self, params, features, mesh):
     scale = self.module.apply({"params": params}, method=self.module.logit_scale)

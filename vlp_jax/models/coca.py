@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlp_jax.losses import cross_entropy
 from vlp_jax.models import layers
 from vlp_jax.models.vit import VisionTransformer
 
@@ -43,6 +44,30 @@ class Pooler(nn.Module):
     return x
 
 
+class VocabHead(nn.Module):
+  """The untied output projection [W, V] (+ bias). `loss` never materialises the [B, L, V]
+  logits: with a 32k-64k vocabulary they and their gradient would be the step's largest
+  tensors (cross_entropy.fused_cross_entropy computes them a few positions at a time)."""
+  width: int
+  vocab_size: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.kernel = layers.param(self, "kernel", ("embed", "vocab"),
+                               nn.initializers.normal(self.width ** -0.5),
+                               (self.width, self.vocab_size))
+    self.bias = layers.param(self, "bias", ("vocab",), nn.initializers.zeros_init(),
+                             (self.vocab_size,))
+
+  def __call__(self, x):
+    return jnp.dot(x, self.kernel.astype(self.dtype)) + self.bias.astype(self.dtype)
+
+  def loss(self, x, labels, weights):
+    """(sum of weights * nll, nll [B, L], correct [B, L]); only the sum has a gradient."""
+    return cross_entropy.fused_cross_entropy(x, self.kernel.astype(self.dtype),
+                                             self.bias.astype(self.dtype), labels, weights)
+
+
 class TextDecoder(nn.Module):
   """Token + position embeddings, unimodal and multimodal transformer halves, untied output.
 
@@ -58,6 +83,7 @@ class TextDecoder(nn.Module):
   start_id: int
   embed_dim: int
   activation: str = "gelu"
+  cross_layout: str = "paper"
   dtype: Any = jnp.float32
   remat: bool = False
   scan: bool = False
@@ -74,14 +100,13 @@ class TextDecoder(nn.Module):
                   activation=self.activation, dtype=self.dtype, remat=self.remat,
                   scan=self.scan, decode=self.decode)
     self.unimodal = layers.Transformer(self.unimodal_depth, **common)
-    self.multimodal = layers.Transformer(self.multimodal_depth, cross_attention=True, **common)
+    self.multimodal = layers.Transformer(self.multimodal_depth, cross_attention=True,
+                                         cross_layout=self.cross_layout, **common)
     self.ln_cls = layers.layer_norm(self.dtype)
     self.text_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
                               kernel_init=layers.dense_init(("embed", "joint"), w ** -0.5))
     self.ln_final = layers.layer_norm(self.dtype)
-    self.output = nn.Dense(self.vocab_size, dtype=self.dtype,
-                           kernel_init=layers.dense_init(("embed", "vocab"), w ** -0.5),
-                           bias_init=layers.zeros_init(("vocab",)))
+    self.output = VocabHead(w, self.vocab_size, dtype=self.dtype)
 
   def shift(self, tokens):
     """Decoder input: the start symbol, then the caption without its last token."""
@@ -113,15 +138,24 @@ class TextDecoder(nn.Module):
     """Projected CLS output [B, E] (not normalised)."""
     return self.text_proj(self.ln_cls(unimodal[:, -1]))
 
+  def hidden(self, unimodal, context):
+    """[B, T, W]: what the vocabulary head reads, from unimodal outputs (no CLS) and the
+    image context."""
+    return self.ln_final(self.multimodal(unimodal, context))
+
   def logits(self, unimodal, context):
-    """Next-token logits [B, T, V] from unimodal outputs (no CLS) and the image queries."""
-    x = self.multimodal(unimodal, context)
-    return self.output(self.ln_final(x))
+    """Next-token logits [B, T, V]."""
+    return self.output(self.hidden(unimodal, context))
 
   def __call__(self, tokens, context):
-    """(text embedding [B, E], logits [B, L, V]) from one unimodal pass."""
+    """(text embedding [B, E], head input [B, L, W]) from one unimodal pass; the
+    captioning loss applies the head chunk by chunk (`caption_loss`)."""
     x = self.unimodal_tokens(tokens)
-    return self.text_embedding(x), self.logits(x[:, :-1], context)
+    return self.text_embedding(x), self.hidden(x[:, :-1], context)
+
+  def caption_loss(self, hidden, tokens):
+    """cross_entropy.fused_cross_entropy of the head on `hidden`, padding masked."""
+    return self.output.loss(hidden, tokens, (tokens != PAD_ID).astype(jnp.float32))
 
   def step(self, ids, position, context=None):
     """Decode mode: logits [B, T, V] of `ids` placed at `position`, ... onwards.
@@ -133,11 +167,18 @@ class TextDecoder(nn.Module):
 
 
 class Coca(nn.Module):
-  """Image and text embeddings (L2-normalised), next-token logits and the logit scale."""
+  """Image and text embeddings (L2-normalised), the captioning loss and the logit scale.
+
+  `pooling="attention"` (the paper): a ViT without class token and two attentional
+  poolers, 1 query for the contrastive embedding and `num_decoder_queries` for the decoder.
+  `pooling="cls"` (open_clip's CoCa without attentional pooling): CLIP's ViT, its class
+  token is the contrastive embedding and the decoder attends to the patch tokens.
+  """
   vision: dict
   decoder: dict
   embed_dim: int
   num_decoder_queries: int
+  pooling: str = "attention"
   logit_scale_init: float = 1 / 0.07
   logit_scale_max: float = 100.0
   dtype: Any = jnp.float32
@@ -145,9 +186,15 @@ class Coca(nn.Module):
 
   def setup(self):
     heads = self.vision["num_heads"]
-    self.image_tower = VisionTransformer(pool="none", dtype=self.dtype, **self.vision)
-    self.contrastive_pooler = Pooler(heads, 1, self.embed_dim, dtype=self.dtype)
-    self.caption_pooler = Pooler(heads, self.num_decoder_queries, dtype=self.dtype)
+    if self.pooling == "cls":
+      self.image_tower = VisionTransformer(pool="cls", embed_dim=self.embed_dim,
+                                           dtype=self.dtype, **self.vision)
+    elif self.pooling == "attention":
+      self.image_tower = VisionTransformer(pool="none", dtype=self.dtype, **self.vision)
+      self.contrastive_pooler = Pooler(heads, 1, self.embed_dim, dtype=self.dtype)
+      self.caption_pooler = Pooler(heads, self.num_decoder_queries, dtype=self.dtype)
+    else:
+      raise ValueError(f"Unknown CoCa pooling {self.pooling!r} (attention or cls)")
     self.text_decoder = TextDecoder(embed_dim=self.embed_dim, dtype=self.dtype,
                                     decode=self.decode, **self.decoder)
     self.log_logit_scale = self.param(
@@ -155,18 +202,29 @@ class Coca(nn.Module):
         nn.with_logical_partitioning(nn.initializers.constant(math.log(self.logit_scale_init)),
                                      ()), (), jnp.float32)
 
-  def image_tokens(self, images):
-    """[B, N, W] ViT tokens of images [B, H, W, 3]; of a video [B, T, H, W, 3], all T*N
-    space-time tokens of its frames, each frame through the same image encoder."""
+  def image_features(self, images):
+    """(contrastive embedding [B, E], not normalised; decoder context [B, N, W]).
+
+    Images [B, H, W, 3]; for a video [B, T, H, W, 3] (attention pooling only) both
+    poolers read all T*N space-time tokens, each frame through the same image encoder.
+    """
+    if self.pooling == "cls":
+      if images.ndim == 5:
+        raise ValueError("Video input needs model.coca_pooling='attention' (one pooler over "
+                         "all frames' tokens); 'cls' has one class token per frame")
+      pooled, tokens = self.image_tower(images)
+      return pooled, tokens[:, 1:]
     if images.ndim == 5:
       b, t = images.shape[:2]
       x = self.image_tower(images.reshape((b * t,) + images.shape[2:]))[1]
-      return x.reshape(b, t * x.shape[1], x.shape[2])
-    return self.image_tower(images)[1]
+      x = x.reshape(b, t * x.shape[1], x.shape[2])
+    else:
+      x = self.image_tower(images)[1]
+    return self.contrastive_pooler(x)[:, 0], self.caption_pooler(x)
 
   def encode_image(self, images):
     """Contrastive embedding of images, or of videos with one pooler over space-time tokens."""
-    return _normalize(self.contrastive_pooler(self.image_tokens(images))[:, 0])
+    return _normalize(self.image_features(images)[0])
 
   def encode_video_frames(self, videos):
     """Zero-shot video embedding as in the paper's retrieval: the mean of frame embeddings."""
@@ -175,8 +233,8 @@ class Coca(nn.Module):
     return _normalize(frames.reshape(b, t, -1).mean(axis=1))
 
   def caption_context(self, images):
-    """[B, num_decoder_queries, W]: what the multimodal half cross-attends to."""
-    return self.caption_pooler(self.image_tokens(images))
+    """[B, N, W]: what the multimodal half cross-attends to."""
+    return self.image_features(images)[1]
 
   def encode_text(self, tokens):
     return _normalize(self.text_decoder.text_embedding(self.text_decoder.unimodal_tokens(tokens)))
@@ -188,12 +246,21 @@ class Coca(nn.Module):
   def decode_step(self, ids, position, context=None):
     return self.text_decoder.step(ids, position, context)
 
+  def logits(self, images, tokens):
+    """[B, L, V] next-token logits predicting `tokens` (evaluation and tests; training
+    uses the fused loss of __call__)."""
+    txt_unimodal = self.text_decoder.unimodal_tokens(tokens)
+    hidden = self.text_decoder.hidden(txt_unimodal[:, :-1], self.caption_context(images))
+    return self.text_decoder.output(hidden)
+
   def __call__(self, images, tokens):
-    """(image embedding, text embedding, logits [B, L, V] predicting `tokens`, logit scale)."""
-    x = self.image_tokens(images)
-    img = _normalize(self.contrastive_pooler(x)[:, 0])
-    txt, logits = self.text_decoder(tokens, self.caption_pooler(x))
-    return img, _normalize(txt), logits, self.logit_scale()
+    """(image embedding, text embedding, caption, logit scale), caption being
+    (sum of token nll, nll [B, L], correct [B, L]) of predicting `tokens`, padding masked;
+    only the sum carries a gradient."""
+    img, context = self.image_features(images)
+    txt, hidden = self.text_decoder(tokens, context)
+    caption = self.text_decoder.caption_loss(hidden, tokens)
+    return _normalize(img), _normalize(txt), caption, self.logit_scale()
 
 
 def _normalize(x):
@@ -212,7 +279,9 @@ def from_config(m, eos_id, decode=False):
   decoder = dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
                  unimodal_depth=m.text_depth, multimodal_depth=m.multimodal_depth,
                  num_heads=m.text_heads, mlp_dim=int(m.text_width * m.text_mlp_ratio),
-                 start_id=eos_id, activation=m.activation, remat=remat, scan=m.scan)
+                 start_id=eos_id, activation=m.activation, cross_layout=m.multimodal_layer,
+                 remat=remat, scan=m.scan)
   return Coca(vision=vision, decoder=decoder, embed_dim=m.embed_dim,
-              num_decoder_queries=m.num_decoder_queries, logit_scale_init=m.logit_scale_init,
+              num_decoder_queries=m.num_decoder_queries, pooling=m.coca_pooling,
+              logit_scale_init=m.logit_scale_init,
               logit_scale_max=m.logit_scale_max, dtype=jnp.dtype(m.dtype), decode=decode)

@@ -156,11 +156,17 @@ class Block(nn.Module):
   Returns (x, None) so that the same module can be the body of `nn.scan`. `mask` (self-
   attention, on top of `causal`) and `decode` (KV caches) are as in Attention; in decode
   mode a cross-attention call with context=None uses the cached context.
+
+  `cross_layout` orders a cross-attention layer: "paper" (self-attention, cross-attention,
+  MLP: CoCa's multimodal layer) or "open_clip" (self-attention, MLP, then cross-attention
+  to LayerNormed context and a second MLP: open_clip's MultimodalTransformer, whose CoCa
+  weights then map one to one).
   """
   num_heads: int
   mlp_dim: int
   causal: bool = False
   cross_attention: bool = False
+  cross_layout: str = "paper"
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   decode: bool = False
@@ -171,13 +177,26 @@ class Block(nn.Module):
     y = layer_norm(self.dtype, "ln_attn")(x)
     x = x + Attention(self.num_heads, self.dtype, self.causal, self.decode, name="attn")(
         y, mask=mask)
-    if self.cross_attention:
-      y = layer_norm(self.dtype, "ln_cross")(x)
-      x = x + Attention(self.num_heads, self.dtype, decode=self.decode, cross=True,
-                        name="cross_attn")(y, kv=context)
-    y = layer_norm(self.dtype, "ln_mlp")(x)
-    x = x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)
+    if self.cross_attention and self.cross_layout == "open_clip":
+      x = self._mlp(x, "ln_mlp", "mlp")
+      if context is not None:
+        context = layer_norm(self.dtype, "ln_context")(context)
+      x = self._cross(x, context)
+      x = self._mlp(x, "ln_cross_mlp", "cross_mlp")
+    else:
+      if self.cross_attention:
+        x = self._cross(x, context)
+      x = self._mlp(x, "ln_mlp", "mlp")
     return constrain(x, ("batch", "length", "act_embed")), None
+
+  def _cross(self, x, context):
+    y = layer_norm(self.dtype, "ln_cross")(x)
+    return x + Attention(self.num_heads, self.dtype, decode=self.decode, cross=True,
+                         name="cross_attn")(y, kv=context)
+
+  def _mlp(self, x, norm_name, name):
+    y = layer_norm(self.dtype, norm_name)(x)
+    return x + Mlp(self.mlp_dim, self.activation, self.dtype, name=name)(y)
 
 
 class Transformer(nn.Module):
@@ -192,6 +211,7 @@ class Transformer(nn.Module):
   mlp_dim: int
   causal: bool = False
   cross_attention: bool = False
+  cross_layout: str = "paper"
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   remat: bool = False
@@ -204,7 +224,8 @@ class Transformer(nn.Module):
     if self.remat:
       block_cls = nn.remat(Block, prevent_cse=not self.scan)
     kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=self.causal,
-                  cross_attention=self.cross_attention, activation=self.activation,
+                  cross_attention=self.cross_attention, cross_layout=self.cross_layout,
+                  activation=self.activation,
                   dtype=self.dtype, decode=self.decode)
     if self.scan:
       # KV caches (decode mode) are stacked over layers like the parameters.

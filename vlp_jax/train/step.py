@@ -91,4 +91,11 @@ def make_train_step(family, tx, lr_fn, config, mesh, state_shardings):
   def run(state, batch):
     with sharding.rules_context(), jax.set_mesh(mesh):
       return jitted(state, batch)
+
+  def lower(state, batch):
+    """The step lowered for these (abstract or concrete) arguments: `.compile()` it for AOT
+    compile times, memory and cost analysis."""
+    with sharding.rules_context(), jax.set_mesh(mesh):
+      return jitted.lower(state, batch)
+  run.lower = lower
   return run
