@@ -20,11 +20,12 @@ other jobs spreads over all rows. Columns:
   compile s     XLA compilation of the lowered train step (wall clock; compile CPU s is the
                 process CPU time meanwhile, steadier on a shared machine).
 The worker builds the trainer's pieces as vlp_jax/train/loop.py does (family, optimizer,
-mesh, abstract state, make_train_step) and lowers make_train_step's own jax.jit on abstract
-(ShapeDtypeStruct) state and batch: big configs are never allocated. Big configs compile
-at global batch --big_batch (0: the config's own, 32,768) on this machine's devices.
-Tiny rows show the median [min-max] over --repeats; the last line is one JSON object of
-medians, `<config>/scan=<bool>/<first_step_s|lower_s|compile_s|compile_cpu_s>`.
+mesh, abstract state, make_train_step) and lowers the trainer's own jax.jit (the step's
+`.lower`) on abstract (ShapeDtypeStruct) state and batch, so big configs are never
+allocated; they compile at global batch --big_batch (0: the config's own, 32,768) on this
+machine's devices. Rows show the median [min-max] over --repeats (tiny) or --big_repeats
+(big); the last line is one JSON object of medians,
+`<config>/scan=<bool>/<first_step_s|lower_s|compile_s|compile_cpu_s>`.
 """
 import argparse
 import json
@@ -54,15 +55,6 @@ WORKER_FLAG = "--_worker"
 def _cpu():
   r = resource.getrusage(resource.RUSAGE_SELF)
   return r.ru_utime + r.ru_stime
-
-
-def _jitted(run):
-  """make_train_step's jax.jit, from the closure of the wrapper it returns."""
-  cells = dict(zip(run.__code__.co_freevars, run.__closure__ or ()))
-  if "jitted" not in cells:
-    raise SystemExit("vlp_jax/train/step.py: make_train_step's wrapper no longer closes over "
-                     "`jitted`; update bench/compile_time.py:_jitted")
-  return cells["jitted"].cell_contents
 
 
 def worker(argv):
@@ -107,10 +99,9 @@ def worker(argv):
 
   batch_size = config.train.batch_size
   abstract_batch = family.example_batch(batch_size)
-  jitted = _jitted(make_train_step(family, tx, lr_fn, config, mesh, shardings))
+  step_fn = make_train_step(family, tx, lr_fn, config, mesh, shardings)
   start = time.time()
-  with sharding.rules_context(), jax.set_mesh(mesh):
-    lowered = jitted.lower(abstract, abstract_batch)
+  lowered = step_fn.lower(abstract, abstract_batch)
   out["lower_s"] = time.time() - start
   start, cpu = time.time(), _cpu()
   compiled = lowered.compile()
