@@ -4,11 +4,7 @@ The numpy reference is written from OpenAI's key names and torch's conventions (
 [out, in], MultiheadAttention's q/k/v row blocks), not from our model, so a wrong split
 of the fused attention weights shows up as different embeddings.
 """
-import importlib
-import importlib.util
 import math
-import sys
-import types
 
 import flax.linen as nn
 import jax
@@ -316,38 +312,10 @@ def test_load_safetensors(tmp_path, openai_like):
 # ---- against open_clip itself --------------------------------------------------------------
 
 def import_open_clip():
-  """open_clip's model and loss modules without torchvision (a CPU-torch mismatch here).
-
-  Only when the ordinary import fails do we stub torchvision and skip the package
-  __init__ (it imports torchvision transforms); the ViT CLIP never calls torchvision.
-  """
   try:
-    import open_clip  # pylint: disable=g-import-not-at-top
-    return open_clip
-  except Exception:  # pylint: disable=broad-except
-    for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")
-                 or n == "torchvision" or n.startswith("torchvision.")]:
-      del sys.modules[name]
-  spec = importlib.util.find_spec("open_clip")
-  if spec is None:
+    return ioc.open_clip_package()
+  except ImportError:
     pytest.skip("open_clip is not installed")
-  tv = types.ModuleType("torchvision")
-  tv.__path__ = []
-  ops = types.ModuleType("torchvision.ops")
-  ops.__path__ = []
-  misc = types.ModuleType("torchvision.ops.misc")
-
-  class FrozenBatchNorm2d:  # only open_clip's ResNet towers use it
-    pass
-
-  misc.FrozenBatchNorm2d = FrozenBatchNorm2d
-  sys.modules.update({"torchvision": tv, "torchvision.ops": ops, "torchvision.ops.misc": misc})
-  pkg = types.ModuleType("open_clip")
-  pkg.__path__ = list(spec.submodule_search_locations)
-  sys.modules["open_clip"] = pkg
-  importlib.import_module("open_clip.model")
-  importlib.import_module("open_clip.loss")
-  return pkg
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,32 @@ def test_text_embedding_pools_at_end_of_text():
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_pooled_only_last_layer_equals_the_full_towers(name):
+  """Clip's towers compute their last layer for the pooled row alone (unrolled stacks):
+  the same embeddings as computing every row, for class-token/EOS pooling (CLIP) and
+  MAP-head/last-token bidirectional pooling (SigLIP), with fewer FLOPs."""
+  overrides = {"model.name": name}
+  if name == "siglip":
+    overrides.update({"model.image_pool": "map", "model.text_causal": False,
+                      "model.text_pool": "last"})
+  family = families.get_family(tiny_config(**overrides), eos_id=1)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(2, 60, size=(4, 8)).astype(np.int32)
+  tokens[np.arange(4), [7, 3, 5, 1]] = 1  # EOS at different rows
+  images = rng.normal(size=(4, 16, 16, 3)).astype(np.float32)
+  variables = {"params": family.init(jax.random.PRNGKey(0), {"image": images, "tokens": tokens})}
+  pruned = family.module
+  full = pruned.clone(vision=dict(pruned.vision, pooled_only=False),
+                      text=dict(pruned.text, pooled_only=False))
+  for a, b in zip(pruned.apply(variables, images, tokens)[:2],
+                  full.apply(variables, images, tokens)[:2]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  flops = [describe.matmul_flops(jax.make_jaxpr(m.apply)(variables, images, tokens).jaxpr)
+           for m in (pruned, full)]
+  assert flops[0] < flops[1]
+
+
 def test_clip_b16_matches_openai_parameter_count():
   summary = describe.describe(load_config("clip_b16"), num_devices=256)
   assert abs(summary["params_total"] - 149.6e6) / 149.6e6 < 0.01

@@ -145,6 +145,50 @@ def load_state_dict(path):
   return out
 
 
+def open_clip_package():
+  """open_clip with its model, coca_model and loss modules, for parity checks and benchmarks.
+
+  PyPI's torchvision does not load beside a CPU-only torch build ("operator
+  torchvision::nms does not exist"), and open_clip's package __init__ imports it for its
+  image transforms. When the ordinary import fails, torchvision is replaced by a placeholder
+  (only open_clip's ResNet towers use it) and the package __init__ is skipped. Raises
+  ImportError when open_clip is not installed.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  modules = ("open_clip.model", "open_clip.coca_model", "open_clip.loss")
+  try:
+    import open_clip  # pylint: disable=g-import-not-at-top
+    for name in modules:
+      importlib.import_module(name)
+    return open_clip
+  except ImportError:
+    raise
+  except Exception:  # pylint: disable=broad-except
+    for name in [n for n in sys.modules
+                 if n.split(".")[0] in ("open_clip", "torchvision")]:
+      del sys.modules[name]
+  spec = importlib.util.find_spec("open_clip")
+  torchvision = types.ModuleType("torchvision")
+  ops = types.ModuleType("torchvision.ops")
+  misc = types.ModuleType("torchvision.ops.misc")
+  torchvision.__path__, ops.__path__ = [], []
+
+  class FrozenBatchNorm2d:  # pylint: disable=too-few-public-methods
+    def __init__(self, *args, **kwargs):
+      raise NotImplementedError("torchvision is not importable here")
+  misc.FrozenBatchNorm2d = FrozenBatchNorm2d
+  sys.modules.update({"torchvision": torchvision, "torchvision.ops": ops,
+                      "torchvision.ops.misc": misc})
+  package = types.ModuleType("open_clip")
+  package.__path__ = list(spec.submodule_search_locations)
+  sys.modules["open_clip"] = package
+  for name in modules:
+    importlib.import_module(name)
+  return package
+
+
 def _torch_state_dict(path):
   try:
     import torch  # pylint: disable=g-import-not-at-top

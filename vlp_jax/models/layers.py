@@ -68,20 +68,33 @@ class Attention(nn.Module):
   cross: bool = False
 
   def _project(self, name, x, n, width, head_dim):
+    """The n projections of the fused kernel `name` applied to x (a list of n)."""
+    return _apply_fused(x, *self._fused(name, n, width, head_dim), self.dtype)
+
+  def _fused(self, name, n, width, head_dim):
     kernel = param(self, f"{name}_kernel", ("embed", None, "heads", "kv"),
                    nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3)),
                    (width, n, self.num_heads, head_dim))
     bias = param(self, f"{name}_bias", (None, "heads", "kv"), nn.initializers.zeros_init(),
                  (n, self.num_heads, head_dim))
-    y = jnp.einsum("btd,dnhk->btnhk", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
-    return [y[:, :, i] for i in range(n)]
+    return kernel, bias
 
   @nn.compact
-  def __call__(self, x, kv=None, mask=None):
+  def __call__(self, x, kv=None, mask=None, query_rows=None):
+    """`query_rows` [B] (self-attention only): return only the output at that row of each
+    sequence; keys and values still cover every row."""
     width = x.shape[-1]
     head_dim = width // self.num_heads
     causal = self.causal
-    if self.cross or kv is not None:
+    if query_rows is not None:
+      kernel, bias = self._fused("qkv", 3, width, head_dim)
+      k, v = _apply_fused(x, kernel[:, 1:], bias[1:], self.dtype)
+      (q,) = _apply_fused(_rows(x, query_rows), kernel[:, :1], bias[:1], self.dtype)
+      if causal:  # the query at row r sees rows <= r
+        seen = jnp.arange(x.shape[1])[None, :] <= query_rows[:, None]
+        mask = seen[:, None, None, :] if mask is None else mask & seen[:, None, None, :]
+        causal = False
+    elif self.cross or kv is not None:
       (q,) = self._project("q", x, 1, width, head_dim)
       k = v = None
       if kv is not None:
@@ -172,11 +185,15 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, context=None, mask=None):
+  def __call__(self, x, context=None, mask=None, query_rows=None):
+    """`query_rows` [B]: compute only the output at that row of each sequence, [B, 1, W]
+    (the pooled token of a tower's last layer)."""
     x = constrain(x, ("batch", "length", "act_embed"))
     y = layer_norm(self.dtype, "ln_attn")(x)
+    if query_rows is not None:
+      x = _rows(x, query_rows)
     x = x + Attention(self.num_heads, self.dtype, self.causal, self.decode, name="attn")(
-        y, mask=mask)
+        y, mask=mask, query_rows=query_rows)
     if self.cross_attention and self.cross_layout == "open_clip":
       x = self._mlp(x, "ln_mlp", "mlp")
       if context is not None:
@@ -219,7 +236,10 @@ class Transformer(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, context=None, mask=None):
+  def __call__(self, x, context=None, mask=None, output_rows=None):
+    """x [B, T, W] -> [B, T, W]; with `output_rows` [B] (unrolled stacks), [B, 1, W]: only
+    that row of each sequence, the last block computing queries, attention output and MLP
+    for it alone (a pooled tower needs nothing else from its last layer)."""
     block_cls = Block
     if self.remat:
       block_cls = nn.remat(Block, prevent_cse=not self.scan)
@@ -233,10 +253,24 @@ class Transformer(nn.Module):
                       split_rngs={"params": True}, in_axes=nn.broadcast, length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(name="blocks", **kwargs)(x, context, mask)
+      if output_rows is not None:
+        x = _rows(x, output_rows)
     else:
       for i in range(self.depth):
-        x, _ = block_cls(name=f"block_{i}", **kwargs)(x, context, mask)
+        rows = output_rows if i == self.depth - 1 else None
+        x, _ = block_cls(name=f"block_{i}", **kwargs)(x, context, mask, rows)
     return x
+
+
+def _apply_fused(x, kernel, bias, dtype):
+  """x [B, T, D] @ kernel [D, n, H, K] + bias [n, H, K] -> n arrays [B, T, H, K]."""
+  y = jnp.einsum("btd,dnhk->btnhk", x, kernel.astype(dtype)) + bias.astype(dtype)
+  return [y[:, :, i] for i in range(y.shape[2])]
+
+
+def _rows(x, rows):
+  """x[b, rows[b]] for each b, as [B, 1, ...]."""
+  return jnp.take_along_axis(x, rows.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
 
 
 def param(module: nn.Module, name: str, names, init: Callable, shape, dtype=jnp.float32):

@@ -13,6 +13,9 @@ class TextTransformer(nn.Module):
   `pool="eos"`: the output at the first `eos_id` token (CLIP; with a causal mask it has
   seen the whole caption); `pool="last"`: the last position (SigLIP's bidirectional tower).
   pooled is projected to `embed_dim` when it is set.
+
+  `pooled_only`: tokens is None and the last layer computes the pooled position alone
+  (in unrolled stacks; about 1/depth of the tower's FLOPs).
   """
   vocab_size: int
   context_length: int
@@ -28,6 +31,7 @@ class TextTransformer(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   scan: bool = False
+  pooled_only: bool = False
 
   @nn.compact
   def __call__(self, tokens):
@@ -37,18 +41,22 @@ class TextTransformer(nn.Module):
     pos = layers.param(self, "pos_embedding", (None, "act_embed"), nn.initializers.normal(0.01),
                        (self.context_length, self.width))
     x = x + pos[: tokens.shape[1]].astype(self.dtype)
-    x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, causal=self.causal,
-                           activation=self.activation, dtype=self.dtype, remat=self.remat,
-                           scan=self.scan, name="encoder")(x)
-    x = layers.layer_norm(self.dtype, "ln_final")(x)
     if self.pool == "eos":
-      eos_index = jnp.argmax(tokens == self.eos_id, axis=-1)
-      pooled = jnp.take_along_axis(x, eos_index[:, None, None], axis=1)[:, 0]
+      pool_index = jnp.argmax(tokens == self.eos_id, axis=-1).astype(jnp.int32)
     elif self.pool == "last":
-      pooled = x[:, -1]
+      pool_index = jnp.full(tokens.shape[:1], tokens.shape[1] - 1, jnp.int32)
     else:
       raise ValueError(f"Unknown text pooling {self.pool!r} (eos or last)")
+    x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, causal=self.causal,
+                           activation=self.activation, dtype=self.dtype, remat=self.remat,
+                           scan=self.scan, name="encoder")(
+                               x, output_rows=pool_index if self.pooled_only else None)
+    x = layers.layer_norm(self.dtype, "ln_final")(x)
+    if self.pooled_only:
+      pooled = x[:, 0]
+    else:
+      pooled = jnp.take_along_axis(x, pool_index[:, None, None], axis=1)[:, 0]
     if self.embed_dim is not None:
       pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
                         kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)
-    return pooled, x
+    return pooled, None if self.pooled_only else x

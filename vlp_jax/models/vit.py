@@ -14,6 +14,10 @@ class VisionTransformer(nn.Module):
   token, an attention-pooling head over the patch tokens (SigLIP); `pool="none"`: no class
   token and pooled is None (CoCa pools the tokens itself). pooled is projected to
   `embed_dim` when it is set; tokens are all output tokens after ln_post.
+
+  `pooled_only` (pool="cls"): tokens is None and the last layer computes the class token
+  alone, skipping work whose outputs pooling would drop (about 1/depth of the tower's
+  FLOPs, in unrolled stacks).
   """
   patch_size: int
   width: int
@@ -26,6 +30,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   scan: bool = False
+  pooled_only: bool = False
 
   @nn.compact
   def __call__(self, images):
@@ -44,8 +49,11 @@ class VisionTransformer(nn.Module):
                        nn.initializers.normal(self.width ** -0.5), (x.shape[1], self.width))
     x = x + pos.astype(x.dtype)
     x = layers.layer_norm(self.dtype, "ln_pre")(x)
+    pooled_only = self.pooled_only and self.pool == "cls"
+    rows = jnp.zeros((batch,), jnp.int32) if pooled_only else None
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
-                           dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(x)
+                           dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(
+                               x, output_rows=rows)
     x = layers.layer_norm(self.dtype, "ln_post")(x)
     if self.pool == "none":
       return None, x
@@ -59,4 +67,4 @@ class VisionTransformer(nn.Module):
     if self.embed_dim is not None:
       pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
                         kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)
-    return pooled, x
+    return pooled, None if pooled_only else x

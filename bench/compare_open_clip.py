@@ -1,0 +1,458 @@
+"""vlp_jax against open_clip on this machine: train-step speed, FLOP utilisation, memory.
+
+  pip install -e .[bench]     # torch 2.13.0 (CPU) and open_clip_torch, no weights
+  python bench/compare_open_clip.py [--models=clip,coca] [--batches=64,128] [--repeats=5]
+
+One spec, both codebases (the performance issue's "tiny" models):
+  CLIP  64x64 images, patch 8, ViT width 256 x 6 layers x 4 heads; text context 32, vocab
+        32,000, width 256 x 6 layers x 4 heads, causal, pooled at end-of-text; joint 256;
+        QuickGELU; float32; AdamW; softmax InfoNCE (open_clip's ClipLoss).
+  CoCa  the same towers plus a 3-layer multimodal decoder of width 256 and the untied
+        256 x 32,000 vocabulary head; open_clip's CoCa without attentional pooling (class
+        token embedding, the decoder attends to the 64 patch tokens) and its decoder layer
+        (self-attention, MLP, cross-attention, MLP); loss 1 x InfoNCE + 2 x caption CE
+        (open_clip's CoCaLoss); vlp_jax with model.coca_pooling=cls,
+        model.multimodal_layer=open_clip.
+Steps:
+  1. Parity: open_clip's randomly initialised tiny CLIP is copied into vlp_jax's model
+     (vlp_jax.models.import_open_clip) and both must give the same image and text
+     embeddings and loss on one batch (float32, rtol 1e-4), or the benchmark stops.
+  2. The machine's float32 matmul peak (N=2048, best of jax and torch).
+  3. Per model and batch size, one worker process per implementation (so max RSS is
+     that implementation's own), each warmed up, then timed alternately: `--repeats`
+     rounds of `--steps` full train steps (forward, loss, backward, AdamW) each.
+     Reported: samples/s (median and min-max over rounds), model-FLOPs utilisation against
+     the peak, max RSS of the worker (whole process, imports included), and the CPU time
+     other processes used while each side ran (this machine is shared).
+FLOPs per sample are counted one way for both (`model_flops`: 6 x dense parameters x
+positions + 12 x positions^2 x width per attention layer, the vocabulary head included),
+and the vlp_jax count is cross-checked against XLA's cost analysis of its compiled step.
+The last line is one JSON object: `clip/b64/speed_ratio`, ..., `coca/b128/memory_ratio`
+(vlp_jax / open_clip) and the measured figures.
+
+open_clip imports torchvision, whose PyPI build does not load beside the CPU torch here
+("operator torchvision::nms does not exist"); `import_open_clip.open_clip_package` then
+imports open_clip's model and loss modules with a placeholder torchvision (no torchvision
+op is used by these models).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SPEC = dict(image_size=64, patch_size=8, width=256, depth=6, heads=4, context=32, vocab=32000,
+            embed_dim=256, decoder_depth=3)
+EOT = SPEC["vocab"] - 1  # the largest id, as in OpenAI's tokenizer: open_clip pools at argmax
+SOT = SPEC["vocab"] - 2
+LR, WEIGHT_DECAY = 5e-4, 0.2  # open_clip's training defaults for ViT CLIPs (AdamW)
+PREFIX = "@@ "
+
+
+# ----------------------------------------------------------------------------- the spec
+
+def make_batch(batch_size, seed=0):
+  """Images NHWC float32 and captions [SOT, pieces, EOT, 0...] of 32 tokens."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  images = rng.standard_normal((batch_size, SPEC["image_size"], SPEC["image_size"], 3),
+                               dtype=np.float32)
+  text = np.zeros((batch_size, SPEC["context"]), np.int32)
+  for i, n in enumerate(rng.integers(5, SPEC["context"] - 2, batch_size)):
+    text[i, 0] = SOT
+    text[i, 1:n + 1] = rng.integers(1, SOT, n)
+    text[i, n + 1] = EOT
+  return images, text
+
+
+def model_flops(model):
+  """Training FLOPs per sample (forward x 3) of the spec, counted the same for both."""
+  w, depth = SPEC["width"], SPEC["depth"]
+  patches = (SPEC["image_size"] // SPEC["patch_size"]) ** 2
+  dense_layer = 12 * w * w  # qkv 3w^2 + out w^2 + MLP 8w^2
+
+  def encoder(tokens, layers, dense=dense_layer):
+    return layers * (2 * dense * tokens + 4 * tokens * tokens * w)
+
+  vision = (2 * patches * 3 * SPEC["patch_size"] ** 2 * w + encoder(patches + 1, depth)
+            + 2 * w * SPEC["embed_dim"])
+  if model == "clip":
+    text = encoder(SPEC["context"], depth) + 2 * w * SPEC["embed_dim"]
+    return 3 * (vision + text)
+  # CoCa: unimodal text with the class token; decoder on context-1 positions, each layer
+  # self-attention + MLP + cross-attention (queries and output on text, keys/values on
+  # the patches) + MLP; vocabulary head on those positions.
+  positions = SPEC["context"] - 1
+  text = encoder(SPEC["context"] + 1, depth) + 2 * w * SPEC["embed_dim"]
+  decoder = SPEC["decoder_depth"] * (
+      2 * positions * (12 * w * w + 2 * w * w + 8 * w * w) + 4 * positions * positions * w
+      + 2 * patches * 2 * w * w + 4 * positions * patches * w)
+  head = 2 * positions * w * SPEC["vocab"]
+  return 3 * (vision + text + decoder + head)
+
+
+def vlp_config(model, batch_size):
+  from vlp_jax import config_lib
+  c = config_lib.base_config()
+  m = c.model
+  m.name = model
+  m.image_size, m.patch_size = SPEC["image_size"], SPEC["patch_size"]
+  m.vision_width = m.text_width = SPEC["width"]
+  m.vision_depth = m.text_depth = SPEC["depth"]
+  m.vision_heads = m.text_heads = SPEC["heads"]
+  m.vocab_size, m.context_length, m.embed_dim = SPEC["vocab"], SPEC["context"], SPEC["embed_dim"]
+  m.activation = "quick_gelu"
+  if model == "coca":
+    m.context_length = SPEC["context"] - 1  # our captions carry no start token (models/coca.py)
+    m.multimodal_depth = SPEC["decoder_depth"]
+    m.coca_pooling, m.multimodal_layer = "cls", "open_clip"
+  c.train.batch_size = batch_size
+  c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps = LR, WEIGHT_DECAY, 1
+  c.optim.clip_norm = 0.0  # open_clip clips only when asked
+  c.mesh.data, c.mesh.fsdp, c.mesh.model = -1, 1, 1
+  c.data.train = "builtin:shapes:train"
+  config_lib.validate(c)
+  return c
+
+
+def vlp_tokens(model, text):
+  """open_clip's captions in our layout: CLIP reads them as they are; CoCa's carry no start
+  token (EOS doubles as the decoder's start symbol)."""
+  return text[:, 1:] if model == "coca" else text
+
+
+def open_clip_model(model):
+  import torch
+  from vlp_jax.models import import_open_clip
+  open_clip = import_open_clip.open_clip_package()
+  vision = dict(image_size=SPEC["image_size"], patch_size=SPEC["patch_size"],
+                width=SPEC["width"], layers=SPEC["depth"], head_width=SPEC["width"] // SPEC["heads"])
+  text = dict(context_length=SPEC["context"], vocab_size=SPEC["vocab"], width=SPEC["width"],
+              heads=SPEC["heads"], layers=SPEC["depth"])
+  torch.manual_seed(0)
+  if model == "clip":
+    return open_clip.model.CLIP(SPEC["embed_dim"], vision, text, quick_gelu=True,
+                                output_dict=True), \
+        open_clip.loss.ClipLoss()
+  vision["output_tokens"] = True
+  text.update(embed_cls=True, output_tokens=True)
+  multimodal = dict(context_length=SPEC["context"], vocab_size=SPEC["vocab"],
+                    width=SPEC["width"], heads=SPEC["heads"], layers=SPEC["decoder_depth"])
+  net = open_clip.coca_model.CoCa(SPEC["embed_dim"], multimodal, text, vision, quick_gelu=True)
+  return net, open_clip.loss.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)
+
+
+# ----------------------------------------------------------------------------- workers
+
+def reply(**fields):
+  print(PREFIX + json.dumps(fields), flush=True)
+
+
+def max_rss_mib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds():
+  t = os.times()
+  return t.user + t.system
+
+
+def serve(step, info):
+  """The worker loop: `run N` times N steps, `quit` reports max RSS."""
+  reply(ready=True, **info)
+  for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "run":
+      times = []
+      cpu0 = cpu_seconds()
+      for _ in range(int(cmd[1])):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+      reply(times=times, cpu=cpu_seconds() - cpu0)
+    elif cmd[0] == "quit":
+      reply(max_rss_mib=max_rss_mib())
+      return
+
+
+def matmul_peak(matmul, n=2048, repeats=10):
+  """Best float32 GFLOP/s of an n x n matmul."""
+  best = 0.0
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul()
+    best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+  return best
+
+
+def jax_worker(model, batch_size, warmup):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from vlp_jax import families
+  from vlp_jax.parallel import mesh as mesh_lib
+  from vlp_jax.train import optimizer, state as state_lib
+  from vlp_jax.train.step import make_train_step
+
+  rss_imports = max_rss_mib()
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
+  mm = jax.jit(lambda x: x @ x)
+  mm(a).block_until_ready()
+  peak = matmul_peak(lambda: mm(a).block_until_ready())
+  del a
+
+  config = vlp_config(model, batch_size)
+  family = families.get_family(config, eos_id=EOT)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  tx, lr_fn = optimizer.make(config)
+  state, shardings = state_lib.create(family, tx, config.seed, mesh)
+  step = make_train_step(family, tx, lr_fn, config, mesh, shardings)
+  images, text = make_batch(batch_size)
+  batch = {"image": jnp.asarray(images), "tokens": jnp.asarray(vlp_tokens(model, text))}
+
+  t0 = time.perf_counter()
+  cost = step.lower(state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_flops = cost["flops"] / batch_size if cost and "flops" in cost else None
+  holder = {"state": state}
+
+  def run_step():
+    holder["state"], metrics = step(holder["state"], batch)
+    jax.block_until_ready(metrics)
+
+  run_step()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    run_step()
+  serve(run_step, dict(peak_gflops=peak, rss_imports_mib=rss_imports, first_step_s=compile_s,
+                       xla_flops_per_sample=xla_flops))
+
+
+def torch_worker(model, batch_size, warmup):
+  import numpy as np
+  import torch
+
+  rss_imports = max_rss_mib()
+  a = torch.from_numpy(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
+  torch.mm(a, a)
+  peak = matmul_peak(lambda: torch.mm(a, a))
+  del a
+
+  net, loss_fn = open_clip_model(model)
+  decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "embedding" not in n
+           and "cls_emb" not in n]
+  no_decay = [p for n, p in net.named_parameters() if not (p.ndim >= 2 and "embedding" not in n
+                                                           and "cls_emb" not in n)]
+  opt = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
+                           {"params": decay, "weight_decay": WEIGHT_DECAY}], lr=LR)
+  images, text = make_batch(batch_size)
+  images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  text = torch.from_numpy(text).long()
+
+  def run_step():
+    opt.zero_grad(set_to_none=True)
+    out = net(images, text)
+    if model == "clip":
+      loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+    else:
+      losses = loss_fn(out["image_features"], out["text_features"], out["logits"],
+                       out["labels"], out["logit_scale"])
+      loss = sum(losses)
+    loss.backward()
+    opt.step()
+
+  t0 = time.perf_counter()
+  run_step()
+  first = time.perf_counter() - t0
+  for _ in range(warmup):
+    run_step()
+  serve(run_step, dict(peak_gflops=peak, rss_imports_mib=rss_imports, first_step_s=first,
+                       threads=torch.get_num_threads()))
+
+
+def parity_worker(out_path):
+  """open_clip's tiny CLIP copied into vlp_jax: embeddings and loss must agree."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from vlp_jax import families
+  from vlp_jax.models import import_open_clip
+  from vlp_jax.parallel import mesh as mesh_lib
+  from vlp_jax.parallel import sharding
+
+  net, loss_fn = open_clip_model("clip")
+  state_dict = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+  np.savez(out_path, **state_dict)
+  images, text = make_batch(16, seed=1)
+  with torch.no_grad():
+    out = net(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+              torch.from_numpy(text).long())
+    ref_loss = float(loss_fn(out["image_features"], out["text_features"], out["logit_scale"]))
+
+  config = vlp_config("clip", 16)
+  family = families.get_family(config, eos_id=EOT)
+  params = import_open_clip.clip_params(import_open_clip.load_state_dict(out_path),
+                                        config.model)
+  img = np.asarray(family.encode_image(params, jnp.asarray(images)))
+  txt = np.asarray(family.encode_text(params, jnp.asarray(text)))
+  mesh = mesh_lib.make_mesh(config.mesh)
+  with sharding.rules_context(), jax.set_mesh(mesh):
+    loss, _ = family.loss(params, {"img": jnp.asarray(img), "txt": jnp.asarray(txt)}, mesh)
+
+  def rel(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+  errors = {"image_embedding": rel(img, out["image_features"].numpy()),
+            "text_embedding": rel(txt, out["text_features"].numpy()),
+            "loss": abs(float(loss) - ref_loss) / abs(ref_loss)}
+  reply(errors=errors, loss_vlp_jax=float(loss), loss_open_clip=ref_loss,
+        params=int(sum(v.size for v in state_dict.values())))
+
+
+# ----------------------------------------------------------------------------- driver
+
+class Worker:
+  """A worker subprocess spoken to over stdin/stdout lines."""
+
+  def __init__(self, *args):
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 cwd=ROOT)
+
+  def read(self):
+    for line in self.proc.stdout:
+      if line.startswith(PREFIX):
+        return json.loads(line[len(PREFIX):])
+    raise RuntimeError(f"worker {self.proc.args[2:]} exited with {self.proc.wait()}")
+
+  def ask(self, command):
+    self.proc.stdin.write(command + "\n")
+    self.proc.stdin.flush()
+    return self.read()
+
+  def close(self):
+    result = self.ask("quit")
+    self.proc.wait()
+    return result
+
+
+def busy_cpu_seconds():
+  """CPU seconds all processes of the machine have used (from /proc/stat)."""
+  with open("/proc/stat") as f:
+    fields = [float(x) for x in f.readline().split()[1:]]
+  idle = fields[3] + fields[4]
+  return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(worker, steps):
+  busy0, t0 = busy_cpu_seconds(), time.perf_counter()
+  result = worker.ask(f"run {steps}")
+  wall = time.perf_counter() - t0
+  other = max(0.0, busy_cpu_seconds() - busy0 - result["cpu"]) / wall  # cores used by others
+  return sum(result["times"]), other
+
+
+def compare(model, batch_size, args):
+  flops = model_flops(model)
+  workers = {"vlp_jax": Worker("--worker=jax", f"--model={model}", f"--batch={batch_size}",
+                               f"--warmup={args.warmup}")}
+  info = {"vlp_jax": workers["vlp_jax"].read()}  # one at a time: compiles do not overlap
+  workers["open_clip"] = Worker("--worker=torch", f"--model={model}", f"--batch={batch_size}",
+                                f"--warmup={args.warmup}")
+  info["open_clip"] = workers["open_clip"].read()
+  rates = {name: [] for name in workers}
+  other = {name: [] for name in workers}
+  for r in range(args.repeats):
+    order = list(workers) if r % 2 == 0 else list(workers)[::-1]
+    for name in order:
+      seconds, busy = timed(workers[name], args.steps)
+      rates[name].append(args.steps * batch_size / seconds)
+      other[name].append(busy)
+  rss = {name: w.close()["max_rss_mib"] for name, w in workers.items()}
+  rows = {}
+  for name in workers:
+    rows[name] = dict(samples_per_s=statistics.median(rates[name]), min=min(rates[name]),
+                      max=max(rates[name]), max_rss_mib=rss[name],
+                      rss_imports_mib=info[name]["rss_imports_mib"],
+                      first_step_s=info[name]["first_step_s"],
+                      peak_gflops=info[name]["peak_gflops"],
+                      other_cores=statistics.median(other[name]))
+  return rows, info["vlp_jax"].get("xla_flops_per_sample"), flops
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default="clip,coca")
+  parser.add_argument("--batches", default="64,128")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=3, help="train steps per timed round")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--skip_parity", action="store_true")
+  parser.add_argument("--worker", choices=("jax", "torch", "parity"), help=argparse.SUPPRESS)
+  parser.add_argument("--model", help=argparse.SUPPRESS)
+  parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--out", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker == "jax":
+    return jax_worker(args.model, args.batch, args.warmup)
+  if args.worker == "torch":
+    return torch_worker(args.model, args.batch, args.warmup)
+  if args.worker == "parity":
+    return parity_worker(args.out)
+
+  summary = {}
+  if not args.skip_parity:
+    with tempfile.TemporaryDirectory() as tmp:
+      parity = Worker("--worker=parity", f"--out={os.path.join(tmp, 'open_clip_tiny.npz')}")
+      result = parity.read()
+      parity.proc.stdin.close()
+      parity.proc.wait()
+    errors = result["errors"]
+    print(f"parity (open_clip weights in vlp_jax, {result['params']:,} params): max relative "
+          "error " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    if max(errors.values()) > 1e-4:
+      sys.exit(f"parity check failed: {errors}")
+    summary.update({f"parity/{k}": v for k, v in errors.items()})
+
+  header = (f"{'model':5} {'batch':>5} {'impl':9} {'samples/s':>9} {'min-max':>11} "
+            f"{'MFU':>5} {'RSS MiB':>8} {'imports':>8} {'1st step':>8} {'others':>6}")
+  lines = [header]
+  peak = 0.0
+  for model in args.models.split(","):
+    for b in (int(x) for x in args.batches.split(",")):
+      rows, xla_flops, flops = compare(model, b, args)
+      peak = max([peak] + [r["peak_gflops"] for r in rows.values()])
+      for name, r in rows.items():
+        mfu = r["samples_per_s"] * flops / 1e9 / peak
+        lines.append(f"{model:5} {b:5d} {name:9} {r['samples_per_s']:9.1f} "
+                     f"{r['min']:5.1f}-{r['max']:5.1f} {mfu:5.0%} {r['max_rss_mib']:8.0f} "
+                     f"{r['rss_imports_mib']:8.0f} {r['first_step_s']:7.1f}s "
+                     f"{r['other_cores']:6.2f}")
+        summary[f"{model}/b{b}/{name}/samples_per_s"] = r["samples_per_s"]
+        summary[f"{model}/b{b}/{name}/mfu"] = mfu
+        summary[f"{model}/b{b}/{name}/max_rss_mib"] = r["max_rss_mib"]
+      ours, theirs = rows["vlp_jax"], rows["open_clip"]
+      summary[f"{model}/b{b}/speed_ratio"] = ours["samples_per_s"] / theirs["samples_per_s"]
+      summary[f"{model}/b{b}/memory_ratio"] = ours["max_rss_mib"] / theirs["max_rss_mib"]
+      summary[f"{model}/model_gflops_per_sample"] = flops / 1e9
+      if xla_flops:
+        summary[f"{model}/b{b}/xla_gflops_per_sample"] = xla_flops / 1e9
+      print(lines[-2], lines[-1], sep="\n", flush=True)
+  summary["peak_gflops"] = peak
+  print("\n" + "\n".join(lines))
+  print(f"peak float32 matmul {peak:.0f} GFLOP/s; MFU = samples/s x model FLOPs per sample "
+        "(" + ", ".join(f"{m} {model_flops(m) / 1e9:.3f} GFLOP" for m in
+                        args.models.split(",")) + ") / peak; 'others' = cores other "
+        "processes used while timed")
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()
