@@ -6,7 +6,7 @@ WORKDIR ?= workdirs/demo
 DEMO_CONFIG ?= configs/coca_base.py:variant=tiny
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# vlp_jax against open_clip (bench/compare_open_clip.py): adds torch (CPU) and open_clip_torch.
+bench: install
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) bench/compare_open_clip.py
 
 clean:
 	rm -rf $(VENV) workdirs
