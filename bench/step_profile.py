@@ -24,7 +24,7 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
-import compare_open_clip as spec  # pylint: disable=wrong-import-position
+import tiny_spec as spec  # pylint: disable=wrong-import-position
 from vlp_jax import families  # pylint: disable=wrong-import-position
 from vlp_jax.losses import cross_entropy  # pylint: disable=wrong-import-position
 from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position

@@ -214,17 +214,22 @@ class Coca(nn.Module):
                          "all frames' tokens); 'cls' has one class token per frame")
       pooled, tokens = self.image_tower(images)
       return pooled, tokens[:, 1:]
+    x = self._tokens(images)
+    return self.contrastive_pooler(x)[:, 0], self.caption_pooler(x)
+
+  def _tokens(self, images):
+    """Attention pooling's input: ViT tokens [B, N, W], or a video's T*N tokens."""
     if images.ndim == 5:
       b, t = images.shape[:2]
       x = self.image_tower(images.reshape((b * t,) + images.shape[2:]))[1]
-      x = x.reshape(b, t * x.shape[1], x.shape[2])
-    else:
-      x = self.image_tower(images)[1]
-    return self.contrastive_pooler(x)[:, 0], self.caption_pooler(x)
+      return x.reshape(b, t * x.shape[1], x.shape[2])
+    return self.image_tower(images)[1]
 
   def encode_image(self, images):
     """Contrastive embedding of images, or of videos with one pooler over space-time tokens."""
-    return _normalize(self.image_features(images)[0])
+    if self.pooling == "cls":
+      return _normalize(self.image_features(images)[0])
+    return _normalize(self.contrastive_pooler(self._tokens(images))[:, 0])
 
   def encode_video_frames(self, videos):
     """Zero-shot video embedding as in the paper's retrieval: the mean of frame embeddings."""
@@ -234,7 +239,9 @@ class Coca(nn.Module):
 
   def caption_context(self, images):
     """[B, N, W]: what the multimodal half cross-attends to."""
-    return self.image_features(images)[1]
+    if self.pooling == "cls":
+      return self.image_features(images)[1]
+    return self.caption_pooler(self._tokens(images))
 
   def encode_text(self, tokens):
     return _normalize(self.text_decoder.text_embedding(self.text_decoder.unimodal_tokens(tokens)))
