@@ -91,13 +91,15 @@ def _reference_loss(img, txt, logits, scale, tokens, caption_weight=2.0):
   token_nll = -np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
   mask = tokens != 0
   caption = token_nll[mask].sum() / mask.sum()
-  return contrastive + caption_weight * caption, contrastive, caption
+  accuracy = (logits.argmax(axis=-1) == tokens)[mask].mean()  # padding counts for nothing
+  return contrastive + caption_weight * caption, contrastive, caption, accuracy
 
 
 def test_loss_matches_float64_reference(coca):
   family, params, batch, forward = coca
   img, txt, logits, scale = forward(params, batch["image"], batch["tokens"])
-  expected, contrastive, caption = _reference_loss(img, txt, logits, scale, batch["tokens"])
+  expected, contrastive, caption, accuracy = _reference_loss(img, txt, logits, scale,
+                                                             batch["tokens"])
   mesh = mesh_lib.make_mesh(family.config.mesh, jax.devices()[:1])
 
   @jax.jit
@@ -108,7 +110,22 @@ def test_loss_matches_float64_reference(coca):
   np.testing.assert_allclose(value, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["contrastive_loss"], contrastive, rtol=1e-5)
   np.testing.assert_allclose(metrics["caption_loss"], caption, rtol=1e-5)
-  assert 0 <= metrics["caption_accuracy"] <= 1
+  np.testing.assert_allclose(metrics["caption_accuracy"], accuracy, rtol=1e-6)
+
+
+def test_caption_accuracy_ignores_padding(coca):
+  """A head biased to always say pad (id 0) is right at every padded position and wrong
+  at every real token: its accuracy is 0."""
+  family, params, batch, _ = coca
+  assert np.any(batch["tokens"] == 0)
+  params = jax.tree.map(lambda x: x, params)
+  head = params["text_decoder"]["output"]
+  head["bias"] = head["bias"].at[0].add(1e4)
+  mesh = mesh_lib.make_mesh(family.config.mesh, jax.devices()[:1])
+  with sharding.rules_context(), jax.set_mesh(mesh):
+    _, metrics = jax.jit(lambda p, b: family.loss(p, family.features(p, b, None), mesh))(
+        params, batch)
+  assert float(metrics["caption_accuracy"]) == 0.0
 
 
 @pytest.mark.parametrize("layout", ["paper", "open_clip"])

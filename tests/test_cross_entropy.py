@@ -1,8 +1,9 @@
 """Fused chunked cross-entropy against a float64 reference, the plain loss, and itself.
 
-Chunk sizes 3 (L = 7 as three chunks of 3, the last padded), 1, 2, 7 and 100 must give the
-reference's loss and gradients, under jit on 1 and 8 devices, inside lax.map and jax.vjp,
-while compiling to far less temporary memory than the [B, L, V] logits.
+Chunks of 3 rows (B*L = 28 as ten chunks of 3, the last padded), 1, 2, 7 and 100, and 1,
+2 or 4 groups, must give the reference's loss and gradients, under jit on 1 and 8 devices,
+inside lax.map and jax.vjp, while compiling to far less temporary memory than the
+[B, L, V] logits and skipping the steps that hold only weight-0 positions.
 """
 import functools
 
@@ -51,8 +52,17 @@ def plain_total(hidden, kernel, bias, labels, weights):
   return jnp.sum(weights * nll)
 
 
-def fused_total(chunk):
-  return lambda h, k, b, labels, w: fused_cross_entropy(h, k, b, labels, w, chunk)[0]
+def fused_total(chunk, groups=1):
+  return lambda h, k, b, labels, w: fused_cross_entropy(h, k, b, labels, w, chunk, groups)[0]
+
+
+def assert_weighted_close(got, want, weights, **tol):
+  """nll or correct: equal where weighted; at weight 0, equal or 0 (a skipped step)."""
+  got, want = np.asarray(got), np.asarray(want)
+  on = np.asarray(weights) != 0
+  np.testing.assert_allclose(got[on], want[on], **tol)
+  off = got[~on]
+  assert np.all((off == 0) | np.isclose(off, want[~on], **tol))
 
 
 def value_and_grads(fn, args):
@@ -68,9 +78,9 @@ def test_values_and_gradients_match_float64_reference(with_bias):
   assert total.dtype == nll.dtype == correct.dtype == jnp.float32
   assert nll.shape == correct.shape == (B, L)
   np.testing.assert_allclose(total, ref_total, rtol=1e-5)
-  np.testing.assert_allclose(nll, ref_nll, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(correct, ref_correct)
-  assert 0 < ref_correct.sum() < ref_correct.size  # both branches of correct are exercised
+  assert_weighted_close(nll, ref_nll, w, rtol=1e-5, atol=1e-6)
+  assert_weighted_close(correct, ref_correct, w, rtol=0, atol=0)
+  assert 0 < (ref_correct * w).sum() < w.sum()  # both branches of correct are exercised
 
   fused = lambda h, k, b: fused_cross_entropy(h, k, b, labels, w, 3)[0]
   grads = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(h, k, b)
@@ -132,17 +142,22 @@ def test_inside_lax_map_and_vjp_like_gradient_accumulation():
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_sharded_batch_on_8_devices_matches_one_device():
+@pytest.mark.parametrize("groups", [8, 1])
+def test_sharded_batch_on_8_devices_matches_one_device(groups):
+  """One group per device packs locally: rows stay put and nothing is gathered. One group
+  for the whole batch is still right, at the price of moving rows between devices."""
   assert jax.device_count() == 8
   h, k, b, labels, w = make_inputs(b=8, seed=1)
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rows = NamedSharding(mesh, P("data"))
   sharded = (jax.device_put(h, rows), k, b, jax.device_put(labels, rows),
              jax.device_put(w, rows))
-  fn = jax.jit(lambda *a: (fused_cross_entropy(*a, chunk=3),
-                           jax.grad(fused_total(3), argnums=(0, 1, 2))(*a)))
+  fn = jax.jit(lambda *a: (fused_cross_entropy(*a, chunk=3, groups=groups),
+                           jax.grad(fused_total(3, groups), argnums=(0, 1, 2))(*a)))
   got = fn(*sharded)
-  assert got[1][0].sharding.spec == P("data")  # d_hidden stays with its rows
+  if groups == 8:
+    assert got[1][0].sharding.spec == P("data")  # d_hidden stays with its rows
+    assert "all-gather" not in fn.lower(*sharded).compile().as_text()
   want = fn(h, k, b, labels, w)
   for g, ref in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
@@ -164,14 +179,43 @@ def test_bfloat16_inputs():
   np.testing.assert_allclose(grads[2], ref_grads[2], rtol=1e-5, atol=1e-6)
 
 
-def test_chunk_sizes_agree():
+def test_chunk_sizes_and_groups_agree():
   args = make_inputs()
-  run = lambda chunk: jax.jit(lambda *a: (fused_cross_entropy(*a, chunk=chunk),
-                                          jax.grad(fused_total(chunk), (0, 1, 2))(*a)))(*args)
+  w = args[4]
+
+  def run(chunk, groups=1):
+    (total, nll, correct), grads = jax.jit(lambda *a: (
+        fused_cross_entropy(*a, chunk=chunk, groups=groups),
+        jax.grad(fused_total(chunk, groups), (0, 1, 2))(*a)))(*args)
+    return total, grads, np.where(w != 0, nll, 0), np.where(w != 0, correct, 0)
+
   want = jax.tree.leaves(run(3))
-  for chunk in (1, 2, 7, 100):  # one position, one padded, all of L, more than L
-    for g, ref in zip(jax.tree.leaves(run(chunk)), want):
+  # one row, one padded, a row's L, more than B*L; groups of 2 and 1 examples, and 3
+  # groups, which do not divide the batch (gcd: one group).
+  for chunk, groups in ((1, 1), (2, 1), (7, 1), (100, 1), (3, 2), (1, 4), (3, 3)):
+    for g, ref in zip(jax.tree.leaves(run(chunk, groups)), want):
       np.testing.assert_allclose(g, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_weighted_positions_are_packed_and_empty_steps_skipped():
+  """Padding at the end of each row, as captions have it: B*2 weighted positions of B*L.
+
+  Packed, they fill the first steps of each group; the other steps compute nothing (nll
+  exactly 0 there), and loss and gradients are still the reference's."""
+  h, k, b, labels, _ = make_inputs()
+  w = np.zeros((B, L), np.float32)
+  w[:, :2] = 1.0
+  for groups in (1, 2):
+    chunk = B // groups  # each group's 2 * chunk weighted rows fill exactly two steps
+    total, nll, _ = jax.jit(fused_cross_entropy, static_argnums=(5, 6))(h, k, b, labels, w,
+                                                                       chunk, groups)
+    assert np.count_nonzero(nll) == 2 * B
+    ref_total, ref_nll, _, ref_grads = reference(h, k, b, labels, w)
+    np.testing.assert_allclose(total, ref_total, rtol=1e-5)
+    np.testing.assert_allclose(nll[:, :2], ref_nll[:, :2], rtol=1e-5)
+    grads = jax.jit(jax.grad(fused_total(chunk, groups), (0, 1, 2)))(h, k, b, labels, w)
+    for g, ref in zip(grads, ref_grads):
+      np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6)
 
 
 def test_three_matmuls_and_none_without_gradient():
@@ -191,8 +235,8 @@ def test_temporary_memory_is_a_chunk_not_the_logits():
     return compiled.memory_analysis().temp_size_in_bytes
 
   logits_bytes = b * 64 * v * 4
-  fused, plain = temp_bytes(fused_total(8), 64), temp_bytes(plain_total, 64)
+  fused, plain = temp_bytes(fused_total(64), 64), temp_bytes(plain_total, 64)
   # Measured on XLA:CPU: fused 0.38x, plain 2.0x the logits.
   assert fused < 0.5 * logits_bytes < logits_bytes < plain
   # Doubling L adds only L-sized buffers, no more logits.
-  assert temp_bytes(fused_total(8), 128) - fused < 0.05 * logits_bytes
+  assert temp_bytes(fused_total(64), 128) - fused < 0.05 * logits_bytes

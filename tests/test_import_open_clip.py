@@ -225,8 +225,9 @@ def test_scan_argument_overrides_config(openai_like):
   sd = openai_like[0]
   config = make_config(sd, scan=False)
   encoder = ioc.clip_params(sd, config.model, scan=True)["text_tower"]["encoder"]
-  assert list(encoder) == ["blocks"]
-  assert encoder["blocks"]["attn"]["qkv_kernel"].shape == (2, 32, 3, 2, 16)
+  assert sorted(encoder) == ["blocks", "last_block"]  # the pooled last block runs unscanned
+  assert encoder["blocks"]["attn"]["qkv_kernel"].shape == (1, 32, 3, 2, 16)
+  assert encoder["last_block"]["attn"]["qkv_kernel"].shape == (32, 3, 2, 16)
 
 
 def test_config_from_state_dict_recovers_sizes():

@@ -86,14 +86,18 @@ def test_clip_b16_matches_openai_parameter_count():
   assert summary["flops_per_example"] == 3 * summary["forward_flops_per_example"]
 
 
-def test_describe_counts_flops_like_the_formula():
-  """FLOPs from the jaxpr equal 2*params*tokens + attention for a tower without embeddings."""
-  c = tiny_config(**{"model.scan": True})
+@pytest.mark.parametrize("scan", [False, True])
+def test_describe_counts_flops_like_the_formula(scan):
+  """FLOPs from the jaxpr equal 2*params*tokens + attention for a tower without embeddings,
+  the last layer computing keys and values for every token and the rest for the pooled one."""
+  c = tiny_config(**{"model.scan": scan})
   m = c.model
   s = describe.describe(c, num_devices=8)
   def tower(width, depth, tokens, mlp_ratio):
-    dense = depth * (4 * width * width + 2 * width * int(width * mlp_ratio))
-    return 2 * dense * tokens + depth * 4 * tokens * tokens * width
+    row = 2 * (2 * width * width + 2 * width * int(width * mlp_ratio))  # q, out, MLP
+    layer = 2 * 2 * width * width * tokens + row * tokens + 4 * tokens * tokens * width
+    last = 2 * 2 * width * width * tokens + row + 4 * tokens * width
+    return (depth - 1) * layer + last
   patches = (m.image_size // m.patch_size) ** 2
   expected = (tower(m.vision_width, m.vision_depth, patches + 1, m.vision_mlp_ratio)
               + 2 * patches * m.patch_size ** 2 * 3 * m.vision_width

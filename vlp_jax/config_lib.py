@@ -11,6 +11,7 @@ ConfigDict = ml_collections.ConfigDict
 MODEL_NAMES = ("clip", "siglip", "coca")
 CONTRASTIVE_IMPLS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # models/layers.py REMAT_POLICIES
 SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("none", "crop")
 DECODE_METHODS = ("greedy", "beam", "sample")
@@ -46,6 +47,7 @@ def base_config():
   c.model.name = "clip"
   c.model.dtype = "float32"  # compute dtype; parameters are always float32
   c.model.remat = False  # rematerialise each transformer block in backward
+  c.model.remat_policy = "full"  # what remat keeps: full | dots | dots_and_attention
   c.model.scan = False  # nn.scan over layers: compile time flat in depth
   c.model.embed_dim = 64  # joint embedding space
   c.model.image_size = 32
@@ -168,6 +170,8 @@ def validate(config):
   m, t, o, d = config.model, config.train, config.optim, config.data
   _require(m.name in MODEL_NAMES, "model.name", f"{m.name!r} is not one of {MODEL_NAMES}")
   _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
+  _require(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
+           f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
   _require(config.loss.contrastive in CONTRASTIVE_IMPLS, "loss.contrastive",
            f"{config.loss.contrastive!r} is not one of {CONTRASTIVE_IMPLS}")
   _require(m.image_size % m.patch_size == 0, "model.image_size",

@@ -25,7 +25,9 @@ class CocaFamily:
   def __init__(self, config, eos_id):
     self.config = config
     self.eos_id = eos_id
-    self.module = coca_model.from_config(config.model, eos_id)
+    # The device count is a multiple of the batch's shards: the vocabulary loss packs out
+    # padding within each device's rows (models/coca.py VocabHead).
+    self.module = coca_model.from_config(config.model, eos_id, loss_groups=jax.device_count())
     self.decoder = coca_model.from_config(config.model, eos_id, decode=True)
     self.loss_impl = self.LOSSES[config.loss.contrastive]
 
@@ -46,7 +48,8 @@ class CocaFamily:
     # spread evenly over them, exact for the loss below, which only uses their sum.
     nll_sum = nll_sum + (total - jax.lax.stop_gradient(total)) / nll_sum.shape[0]
     return {"img": img, "txt": txt, "caption_nll_sum": nll_sum,
-            "caption_tokens": jnp.sum(mask, axis=1), "caption_correct": jnp.sum(correct, axis=1)}
+            "caption_tokens": jnp.sum(mask, axis=1),
+            "caption_correct": jnp.sum(correct * mask, axis=1)}
 
   def loss(self, params, features, mesh):
     scale = self.module.apply({"params": params}, method=self.module.logit_scale)

@@ -67,7 +67,8 @@ def _normalize(x):
 def from_config(m, eos_id):
   """Builds Clip from `config.model`."""
   # Only the pooled outputs are used: the last layer of each tower computes nothing else.
-  common = dict(activation=m.activation, remat=m.remat, scan=m.scan, pooled_only=True)
+  common = dict(activation=m.activation, remat=m.remat, remat_policy=m.remat_policy,
+                scan=m.scan, pooled_only=True)
   vision = dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
                 num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
                 pool=m.image_pool, **common)

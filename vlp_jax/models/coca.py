@@ -47,10 +47,13 @@ class Pooler(nn.Module):
 class VocabHead(nn.Module):
   """The untied output projection [W, V] (+ bias). `loss` never materialises the [B, L, V]
   logits: with a 32k-64k vocabulary they and their gradient would be the step's largest
-  tensors (cross_entropy.fused_cross_entropy computes them a few positions at a time)."""
+  tensors (cross_entropy.fused_cross_entropy computes them a few positions at a time,
+  padding skipped). `loss_groups`: the batch's shards over devices or a multiple (the
+  device count is one), so that packing out the padding moves no rows between devices."""
   width: int
   vocab_size: int
   dtype: Any = jnp.float32
+  loss_groups: int = 1
 
   def setup(self):
     self.kernel = layers.param(self, "kernel", ("embed", "vocab"),
@@ -65,7 +68,8 @@ class VocabHead(nn.Module):
   def loss(self, x, labels, weights):
     """(sum of weights * nll, nll [B, L], correct [B, L]); only the sum has a gradient."""
     return cross_entropy.fused_cross_entropy(x, self.kernel.astype(self.dtype),
-                                             self.bias.astype(self.dtype), labels, weights)
+                                             self.bias.astype(self.dtype), labels, weights,
+                                             groups=self.loss_groups)
 
 
 class TextDecoder(nn.Module):
@@ -86,8 +90,10 @@ class TextDecoder(nn.Module):
   cross_layout: str = "paper"
   dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
   scan: bool = False
   decode: bool = False
+  loss_groups: int = 1
 
   def setup(self):
     w = self.width
@@ -98,7 +104,7 @@ class TextDecoder(nn.Module):
     self.cls = layers.param(self, "cls", ("act_embed",), nn.initializers.normal(w ** -0.5), (w,))
     common = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=True,
                   activation=self.activation, dtype=self.dtype, remat=self.remat,
-                  scan=self.scan, decode=self.decode)
+                  remat_policy=self.remat_policy, scan=self.scan, decode=self.decode)
     self.unimodal = layers.Transformer(self.unimodal_depth, **common)
     self.multimodal = layers.Transformer(self.multimodal_depth, cross_attention=True,
                                          cross_layout=self.cross_layout, **common)
@@ -106,7 +112,7 @@ class TextDecoder(nn.Module):
     self.text_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
                               kernel_init=layers.dense_init(("embed", "joint"), w ** -0.5))
     self.ln_final = layers.layer_norm(self.dtype)
-    self.output = VocabHead(w, self.vocab_size, dtype=self.dtype)
+    self.output = VocabHead(w, self.vocab_size, dtype=self.dtype, loss_groups=self.loss_groups)
 
   def shift(self, tokens):
     """Decoder input: the start symbol, then the caption without its last token."""
@@ -275,19 +281,22 @@ def _normalize(x):
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
-def from_config(m, eos_id, decode=False):
+def from_config(m, eos_id, decode=False, loss_groups=1):
   """Builds Coca from `config.model`: text_depth unimodal + multimodal_depth multimodal
   layers of width text_width; EOS (`eos_id`) is the decoder's start symbol. `decode=True`:
-  the same weights with KV caches and no remat, for models/decoding.py."""
+  the same weights with KV caches and no remat, for models/decoding.py. `loss_groups`:
+  VocabHead's."""
   remat = m.remat and not decode
   vision = dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
                 num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
-                activation=m.activation, remat=remat, scan=m.scan)
+                activation=m.activation, remat=remat, remat_policy=m.remat_policy,
+                scan=m.scan)
   decoder = dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
                  unimodal_depth=m.text_depth, multimodal_depth=m.multimodal_depth,
                  num_heads=m.text_heads, mlp_dim=int(m.text_width * m.text_mlp_ratio),
                  start_id=eos_id, activation=m.activation, cross_layout=m.multimodal_layer,
-                 remat=remat, scan=m.scan)
+                 remat=remat, remat_policy=m.remat_policy, scan=m.scan,
+                 loss_groups=loss_groups)
   return Coca(vision=vision, decoder=decoder, embed_dim=m.embed_dim,
               num_decoder_queries=m.num_decoder_queries, pooling=m.coca_pooling,
               logit_scale_init=m.logit_scale_init,

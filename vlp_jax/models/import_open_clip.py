@@ -80,7 +80,8 @@ def clip_params(state_dict, config_model, scan=None):
 
   The tree has the structure and shapes of `family.init` after `nn.meta.unbox`, the form
   the trainer keeps; `scan` (default: config_model.scan) stacks each tower's blocks under
-  `encoder/blocks` instead of `encoder/block_{i}`. config_model may hold only the fields
+  `encoder/blocks` (all but the last, which is `encoder/last_block`) instead of
+  `encoder/block_{i}`. config_model may hold only the fields
   of config_from_state_dict; the rest take base_config's defaults. Every checkpoint key
   must be used and every expected one present; wrong shapes raise ValueError naming the key.
   """
@@ -111,8 +112,10 @@ def clip_params(state_dict, config_model, scan=None):
   for tower in ("image_tower", "text_tower"):
     encoder = params[tower]["encoder"]
     blocks = [encoder.pop(f"block_{i}") for i in range(len(encoder))]
-    if m.scan:
-      encoder["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *blocks)
+    if m.scan:  # CLIP towers are pooled: the last block runs pruned, outside the scan
+      encoder["last_block"] = blocks.pop()
+      if blocks:
+        encoder["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *blocks)
     else:
       encoder.update({f"block_{i}": block for i, block in enumerate(blocks)})
   _check_against_model(params, m)

@@ -220,8 +220,11 @@ class Transformer(nn.Module):
   """A stack of `depth` blocks, unrolled or under `nn.scan`, each optionally rematerialised.
 
   Scan makes compile time flat in depth (parameters get a leading "layers" axis); remat
-  trades one extra forward for activation memory. Both win on TPU at depth; on CPU they
-  cost about 10% each, so configs choose them per size.
+  recomputes in the backward pass what `remat_policy` does not save (REMAT_POLICIES),
+  trading compute for activation memory. XLA:CPU hoists an unrolled stack's recomputation
+  back into the forward pass (measured: same temp memory, more FLOPs), so on CPU remat
+  only pays under scan; there, "dots" saves half the memory and is faster than keeping
+  everything (bench/step_profile.py). Configs choose per size.
   """
   depth: int
   num_heads: int
@@ -232,34 +235,52 @@ class Transformer(nn.Module):
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
   scan: bool = False
   decode: bool = False
 
   @nn.compact
   def __call__(self, x, context=None, mask=None, output_rows=None):
-    """x [B, T, W] -> [B, T, W]; with `output_rows` [B] (unrolled stacks), [B, 1, W]: only
-    that row of each sequence, the last block computing queries, attention output and MLP
-    for it alone (a pooled tower needs nothing else from its last layer)."""
+    """x [B, T, W] -> [B, T, W]; with `output_rows` [B], [B, 1, W]: only that row of each
+    sequence, the last block computing queries, attention output and MLP for it alone (a
+    pooled tower needs nothing else from its last layer)."""
     block_cls = Block
     if self.remat:
-      block_cls = nn.remat(Block, prevent_cse=not self.scan)
+      block_cls = nn.remat(Block, prevent_cse=not self.scan,
+                           policy=remat_policy(self.remat_policy))
     kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=self.causal,
                   cross_attention=self.cross_attention, cross_layout=self.cross_layout,
                   activation=self.activation,
                   dtype=self.dtype, decode=self.decode)
     if self.scan:
-      # KV caches (decode mode) are stacked over layers like the parameters.
-      stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True}, in_axes=nn.broadcast, length=self.depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="blocks", **kwargs)(x, context, mask)
+      # KV caches (decode mode) are stacked over layers like the parameters. With
+      # output_rows the last block stays out of the scan ("last_block") to run pruned.
+      scanned = self.depth - (output_rows is not None)
+      if scanned:
+        stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0},
+                        split_rngs={"params": True}, in_axes=nn.broadcast, length=scanned,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = stack(name="blocks", **kwargs)(x, context, mask)
       if output_rows is not None:
-        x = _rows(x, output_rows)
+        x, _ = Block(name="last_block", **kwargs)(x, context, mask, output_rows)
     else:
       for i in range(self.depth):
         rows = output_rows if i == self.depth - 1 else None
         x, _ = block_cls(name=f"block_{i}", **kwargs)(x, context, mask, rows)
     return x
+
+
+REMAT_POLICIES = {
+    "full": None,  # save each block's input only: least memory, one more forward
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls
+    "dots_and_attention": jax.checkpoint_policies.dots_saveable,  # ... and attention's
+}
+
+
+def remat_policy(name):
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy={name!r}: expected one of {sorted(REMAT_POLICIES)}")
+  return REMAT_POLICIES[name]
 
 
 def _apply_fused(x, kernel, bias, dtype):

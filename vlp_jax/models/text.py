@@ -30,6 +30,7 @@ class TextTransformer(nn.Module):
   activation: str = "gelu"
   dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
   scan: bool = False
   pooled_only: bool = False
 
@@ -49,6 +50,7 @@ class TextTransformer(nn.Module):
       raise ValueError(f"Unknown text pooling {self.pool!r} (eos or last)")
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, causal=self.causal,
                            activation=self.activation, dtype=self.dtype, remat=self.remat,
+                           remat_policy=self.remat_policy,
                            scan=self.scan, name="encoder")(
                                x, output_rows=pool_index if self.pooled_only else None)
     x = layers.layer_norm(self.dtype, "ln_final")(x)

@@ -29,6 +29,7 @@ class VisionTransformer(nn.Module):
   pool: str = "cls"
   dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
   scan: bool = False
   pooled_only: bool = False
 
@@ -52,7 +53,8 @@ class VisionTransformer(nn.Module):
     pooled_only = self.pooled_only and self.pool == "cls"
     rows = jnp.zeros((batch,), jnp.int32) if pooled_only else None
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
-                           dtype=self.dtype, remat=self.remat, scan=self.scan, name="encoder")(
+                           dtype=self.dtype, remat=self.remat,
+                           remat_policy=self.remat_policy, scan=self.scan, name="encoder")(
                                x, output_rows=rows)
     x = layers.layer_norm(self.dtype, "ln_post")(x)
     if self.pool == "none":
