@@ -13,6 +13,10 @@ One spec, both codebases (the performance issue's "tiny" models):
         (self-attention, MLP, cross-attention, MLP); loss 1 x InfoNCE + 2 x caption CE
         (open_clip's CoCaLoss); vlp_jax with model.coca_pooling=cls,
         model.multimodal_layer=open_clip.
+vlp_jax runs the spec with tiny_spec.VLP_OPTIONS (layers under scan, each block
+rematerialised keeping its weight matmuls); `--set=model.scan=False` (repeatable) overrides.
+Captions are 5-29 tokens padded to 32, as real ones are: vlp_jax's vocabulary loss skips
+the padding (the same loss); FLOPs and MFU count the full spec for both.
 Steps:
   1. Parity: open_clip's randomly initialised tiny CLIP is copied into vlp_jax's model
      (vlp_jax.models.import_open_clip) and both must give the same image and text
@@ -50,7 +54,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tiny_spec import (EOT, LR, WEIGHT_DECAY, make_batch, model_flops,  # pylint: disable=wrong-import-position
-                       open_clip_model, vlp_config, vlp_tokens)
+                       VLP_OPTIONS, open_clip_model, parse_overrides, vlp_config,
+                       vlp_tokens)
 
 PREFIX = "@@ "
 
@@ -98,7 +103,7 @@ def matmul_peak(matmul, n=2048, repeats=10):
   return best
 
 
-def jax_worker(model, batch_size, warmup):
+def jax_worker(model, batch_size, warmup, overrides):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -114,7 +119,7 @@ def jax_worker(model, batch_size, warmup):
   peak = matmul_peak(lambda: mm(a).block_until_ready())
   del a
 
-  config = vlp_config(model, batch_size)
+  config = vlp_config(model, batch_size, overrides)
   family = families.get_family(config, eos_id=EOT)
   mesh = mesh_lib.make_mesh(config.mesh)
   tx, lr_fn = optimizer.make(config)
@@ -268,7 +273,7 @@ def timed(worker, steps):
 def compare(model, batch_size, args):
   flops = model_flops(model)
   workers = {"vlp_jax": Worker("--worker=jax", f"--model={model}", f"--batch={batch_size}",
-                               f"--warmup={args.warmup}")}
+                               f"--warmup={args.warmup}", *(f"--set={s}" for s in args.set))}
   info = {"vlp_jax": workers["vlp_jax"].read()}  # one at a time: compiles do not overlap
   workers["open_clip"] = Worker("--worker=torch", f"--model={model}", f"--batch={batch_size}",
                                 f"--warmup={args.warmup}")
@@ -301,13 +306,16 @@ def main():
   parser.add_argument("--steps", type=int, default=3, help="train steps per timed round")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--skip_parity", action="store_true")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="vlp_jax config override on top of tiny_spec.VLP_OPTIONS, "
+                      "e.g. --set=model.scan=False")
   parser.add_argument("--worker", choices=("jax", "torch", "parity"), help=argparse.SUPPRESS)
   parser.add_argument("--model", help=argparse.SUPPRESS)
   parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker == "jax":
-    return jax_worker(args.model, args.batch, args.warmup)
+    return jax_worker(args.model, args.batch, args.warmup, parse_overrides(args.set))
   if args.worker == "torch":
     return torch_worker(args.model, args.batch, args.warmup)
   if args.worker == "parity":
@@ -327,6 +335,9 @@ def main():
       sys.exit(f"parity check failed: {errors}")
     summary.update({f"parity/{k}": v for k, v in errors.items()})
 
+  options = {**VLP_OPTIONS, **parse_overrides(args.set)}
+  print("vlp_jax options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+  summary["vlp_jax_options"] = options
   header = (f"{'model':5} {'batch':>5} {'impl':9} {'samples/s':>9} {'min-max':>11} "
             f"{'MFU':>5} {'RSS MiB':>8} {'imports':>8} {'1st step':>8} {'others':>6}")
   lines = [header]

@@ -51,8 +51,8 @@ def grad_of(fn):
   return jax.jit(jax.grad(scalar))
 
 
-def profile(model, batch_size, repeats, trace_dir):
-  config = spec.vlp_config(model, batch_size)
+def profile(model, batch_size, repeats, trace_dir, overrides):
+  config = spec.vlp_config(model, batch_size, overrides)
   family = families.get_family(config, eos_id=spec.EOT)
   mesh = mesh_lib.make_mesh(config.mesh)
   tx, lr_fn = optimizer.make(config)
@@ -128,10 +128,13 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--trace_dir", default="")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="config override on top of tiny_spec.VLP_OPTIONS, e.g. model.scan=False")
   args = parser.parse_args()
   summary = {}
   for model in args.models.split(","):
-    results = profile(model, args.batch, args.repeats, args.trace_dir)
+    results = profile(model, args.batch, args.repeats, args.trace_dir,
+                      spec.parse_overrides(args.set))
     total = results["whole train step"]
     print(f"\n{model}, batch {args.batch}: {'part':34} {'ms':>8} {'of step':>8}")
     for name, seconds in results.items():

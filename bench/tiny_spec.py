@@ -10,6 +10,10 @@ SPEC = dict(image_size=64, patch_size=8, width=256, depth=6, heads=4, context=32
 EOT = SPEC["vocab"] - 1  # the largest id, as in OpenAI's tokenizer: open_clip pools at argmax
 SOT = SPEC["vocab"] - 2
 LR, WEIGHT_DECAY = 5e-4, 0.2  # open_clip's training defaults for ViT CLIPs (AdamW)
+# How vlp_jax runs the spec: layers under scan, each block rematerialised keeping its weight
+# matmuls (models/layers.py REMAT_POLICIES). On this CPU that is both faster and about half
+# the memory of an unrolled stack that keeps everything; `--set model.scan=False` to compare.
+VLP_OPTIONS = {"model.scan": True, "model.remat": True, "model.remat_policy": "dots"}
 
 
 def make_batch(batch_size, seed=0):
@@ -52,7 +56,23 @@ def model_flops(model):
   return 3 * (vision + text + decoder + head)
 
 
-def vlp_config(model, batch_size):
+def parse_overrides(items):
+  """["model.scan=False", ...] -> {"model.scan": False, ...} (Python literals, else strings)."""
+  import ast
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set {item!r}: expected field=value")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def vlp_config(model, batch_size, overrides=None):
+  """The spec as a vlp_jax config: VLP_OPTIONS, then `overrides` {"model.scan": False}."""
   from vlp_jax import config_lib
   c = config_lib.base_config()
   m = c.model
@@ -72,6 +92,7 @@ def vlp_config(model, batch_size):
   c.optim.clip_norm = 0.0  # open_clip clips only when asked
   c.mesh.data, c.mesh.fsdp, c.mesh.model = -1, 1, 1
   c.data.train = "builtin:shapes:train"
+  c.update_from_flattened_dict({**VLP_OPTIONS, **(overrides or {})})
   config_lib.validate(c)
   return c
 
