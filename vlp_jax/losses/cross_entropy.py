@@ -40,7 +40,7 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
   Returns:
     (total, nll, correct): total, a float32 scalar sum(weights * nll), the only
     differentiable output; nll [B, L] float32 per-position -log softmax(logits)[label] and
-    correct [B, L] float32, 1.0 where argmax(logits) == label, both stop-gradient and 0.0
+    correct [B, L] float32, 1.0 where the label's logit is the largest (a tie counts), both stop-gradient and 0.0
     at the weight-0 positions of skipped steps.
   """
   if int(chunk) < 1:
@@ -60,9 +60,11 @@ def _chunk_stats(h, kernel, bias, labels):
                       preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
-  lse = jax.nn.logsumexp(logits, axis=-1)
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+  lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
   target = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  # The label's logit is the largest (ties count as correct): no argmax pass over V.
+  correct = (target >= top).astype(jnp.float32)
   return logits, lse, lse - target, correct
 
 
@@ -142,7 +144,8 @@ def _fused_fwd(hidden, kernel, bias, labels, weights, packing):
     d_logits_c = d_logits.astype(dtype)
     d_kernel = d_kernel + jnp.einsum("gcd,gcv->dv", h, d_logits_c,
                                      preferred_element_type=jnp.float32)
-    d_bias = d_bias + jnp.sum(d_logits, axis=(0, 1))
+    if bias is not None:  # a matvec with ones: a column reduction over [c, V] is slower
+      d_bias = d_bias + jnp.einsum("gc,gcv->v", jnp.ones(d_logits.shape[:2]), d_logits)
     d_h = jnp.einsum("gcv,dv->gcd", d_logits_c, k,
                      preferred_element_type=jnp.float32).astype(dtype)
     return (d_kernel, d_bias), (nll, correct, d_h)
