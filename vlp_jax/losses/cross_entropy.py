@@ -40,8 +40,8 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
   Returns:
     (total, nll, correct): total, a float32 scalar sum(weights * nll), the only
     differentiable output; nll [B, L] float32 per-position -log softmax(logits)[label] and
-    correct [B, L] float32, 1.0 where the label's logit is the largest (a tie counts), both stop-gradient and 0.0
-    at the weight-0 positions of skipped steps.
+    correct [B, L] float32, 1.0 where the label's logit is the largest (a tie counts),
+    both stop-gradient and 0.0 at the weight-0 positions of skipped steps.
   """
   if int(chunk) < 1:
     raise ValueError(f"chunk must be a positive integer, got {chunk}")
