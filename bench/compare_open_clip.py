@@ -106,30 +106,21 @@ def matmul_peak(matmul, n=2048, repeats=10):
 
 
 def jax_worker(model, batch_size, warmup, overrides):
+  import importlib
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from vlp_jax import families
-  from vlp_jax.parallel import mesh as mesh_lib
-  from vlp_jax.train import optimizer, state as state_lib
-  from vlp_jax.train.step import make_train_step
+  for name in ("vlp_jax.families", "vlp_jax.train.step"):  # counted in rss_imports
+    importlib.import_module(name)
 
   rss_imports = max_rss_mib()
   a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
   mm = jax.jit(lambda x: x @ x)
   mm(a).block_until_ready()
-  peak = matmul_peak(lambda: mm(a).block_until_ready())
+  peak = matmul_peak(lambda x=a: mm(x).block_until_ready())
   del a
 
-  config = vlp_config(model, batch_size, overrides)
-  family = families.get_family(config, eos_id=EOT)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  tx, lr_fn = optimizer.make(config)
-  state, shardings = state_lib.create(family, tx, config.seed, mesh)
-  step = make_train_step(family, tx, lr_fn, config, mesh, shardings)
-  images, text = make_batch(batch_size)
-  batch = {"image": jnp.asarray(images), "tokens": jnp.asarray(vlp_tokens(model, text))}
-
+  step, state, batch = vlp_train_step(model, batch_size, overrides)
   holder = {"state": state}
 
   def run_step():
@@ -144,26 +135,34 @@ def jax_worker(model, batch_size, warmup, overrides):
   serve(run_step, dict(peak_gflops=peak, rss_imports_mib=rss_imports, first_step_s=compile_s))
 
 
-def flops_worker(models):
-  """XLA's cost analysis of each model's train step, per sample (batch 16), compiled
-  unrolled and without remat: XLA counts a loop body once, whatever its trip count."""
-  import jax
+def vlp_train_step(model, batch_size, overrides):
+  """The trainer's jitted step for the spec, a fresh state and the benchmark batch."""
   import jax.numpy as jnp
   from vlp_jax import families
   from vlp_jax.parallel import mesh as mesh_lib
   from vlp_jax.train import optimizer, state as state_lib
   from vlp_jax.train.step import make_train_step
 
+  config = vlp_config(model, batch_size, overrides)
+  family = families.get_family(config, eos_id=EOT)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  tx, lr_fn = optimizer.make(config)
+  state, shardings = state_lib.create(family, tx, config.seed, mesh)
+  step = make_train_step(family, tx, lr_fn, config, mesh, shardings)
+  images, text = make_batch(batch_size)
+  batch = {"image": jnp.asarray(images), "tokens": jnp.asarray(vlp_tokens(model, text))}
+  return step, state, batch
+
+
+def flops_worker(models):
+  """XLA's cost analysis of each model's train step, per sample (batch 16), compiled
+  unrolled and without remat: XLA counts a loop body once, whatever its trip count."""
+  import jax
+
   result, batch_size = {}, 16
   for model in models:
-    config = vlp_config(model, batch_size, {"model.scan": False, "model.remat": False})
-    family = families.get_family(config, eos_id=EOT)
-    mesh = mesh_lib.make_mesh(config.mesh)
-    tx, lr_fn = optimizer.make(config)
-    state, shardings = state_lib.create(family, tx, config.seed, mesh)
-    step = make_train_step(family, tx, lr_fn, config, mesh, shardings)
-    images, text = make_batch(batch_size)
-    batch = {"image": jnp.asarray(images), "tokens": jnp.asarray(vlp_tokens(model, text))}
+    step, state, batch = vlp_train_step(model, batch_size,
+                                        {"model.scan": False, "model.remat": False})
     cost = step.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     result[model] = cost["flops"] / batch_size if cost and "flops" in cost else None
@@ -179,7 +178,7 @@ def torch_worker(model, batch_size, warmup):
   rss_imports = max_rss_mib()
   a = torch.from_numpy(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
   torch.mm(a, a)
-  peak = matmul_peak(lambda: torch.mm(a, a))
+  peak = matmul_peak(lambda x=a: torch.mm(x, x))
   del a
 
   net, loss_fn = open_clip_model(model)

@@ -6,7 +6,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlp_jax.models import layers
 from vlp_jax.models.text import TextTransformer
 from vlp_jax.models.vit import VisionTransformer
 

@@ -4,7 +4,7 @@ import os
 
 import jax
 from absl import logging
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AxisType
 
 AXES = ("data", "fsdp", "model")
 # The batch is split over both data-parallel axes; fsdp additionally shards weights.

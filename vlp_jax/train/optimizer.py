@@ -1,6 +1,5 @@
 """AdamW with warmup + cosine, decoupled weight decay on matrices only, global-norm clipping."""
 import flax
-import jax
 import optax
 
 
