@@ -40,6 +40,15 @@ def test_bad_config_value_names_the_field():
     tiny_config(**{"model.dtype": "float16"})
   with pytest.raises(ValueError, match="'train.accum_steps'"):
     tiny_config(**{"train.accum_steps": 3})
+  with pytest.raises(ValueError, match="'model.remat_policy'.*'dot'"):
+    tiny_config(**{"model.remat_policy": "dot"})
+
+
+def test_remat_policy_names_match_the_models():
+  from vlp_jax.models import layers  # pylint: disable=import-outside-toplevel
+  assert tuple(layers.REMAT_POLICIES) == config_lib.REMAT_POLICIES
+  with pytest.raises(ValueError, match="model.remat_policy='dot'"):
+    layers.remat_policy("dot")
 
 
 def test_mesh_that_does_not_divide_the_devices():
