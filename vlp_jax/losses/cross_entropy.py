@@ -83,6 +83,7 @@ class _Rows:
     batch, length = weights.shape
     self.shape, self.groups, self.per_group = (batch, length), groups, batch // groups * length
     self.order = jnp.argsort(weights.reshape(groups, self.per_group) == 0, axis=1, stable=True)
+    self.inverse = jnp.argsort(self.order, axis=1)  # once, for every output join unpacks
     self.n = -(-self.per_group // chunk)
     self.c = -(-self.per_group // self.n)
 
@@ -97,8 +98,8 @@ class _Rows:
     """[n, G, c, ...] -> [B, L, ...], unpacked."""
     y = jnp.moveaxis(y, 0, 1).reshape(self.groups, self.n * self.c, *y.shape[3:])
     y = y[:, :self.per_group]
-    inverse = jnp.argsort(self.order, axis=1)
-    y = jnp.take_along_axis(y, inverse.reshape(inverse.shape + (1,) * (y.ndim - 2)), axis=1)
+    inverse = self.inverse.reshape(self.inverse.shape + (1,) * (y.ndim - 2))
+    y = jnp.take_along_axis(y, inverse, axis=1)
     return y.reshape(*self.shape, *y.shape[2:])
 
   def scan(self, step, carry, weights, *args):
