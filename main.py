@@ -21,12 +21,15 @@ flags.DEFINE_integer("step", None, "--mode=eval|caption: the checkpoint step (de
 flags.DEFINE_string("caption_data", None, "--mode=caption: a data spec or a folder of images "
                     "(default: data.eval).")
 flags.DEFINE_integer("devices", None, "--mode=describe: size the mesh for this many devices.")
+flags.DEFINE_bool("allow_config_change", False, "Resume or evaluate a checkpoint although "
+                  "the config fields that shape the model or the data differ from its own.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of input errors.")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
 
-def run(config, mode, workdir, step=None, devices=None, caption_data=None):
+def run(config, mode, workdir, step=None, devices=None, caption_data=None,
+        allow_config_change=False):
   if mode == "describe":
     from vlp_jax.train import describe  # pylint: disable=g-import-not-at-top
     return describe.describe(config, devices)
@@ -34,11 +37,12 @@ def run(config, mode, workdir, step=None, devices=None, caption_data=None):
     raise ValueError(f"--workdir is required for --mode={mode}")
   from vlp_jax.train import loop  # pylint: disable=g-import-not-at-top
   if mode == "eval":
-    return loop.evaluate_checkpoint(config, workdir, step)
+    return loop.evaluate_checkpoint(config, workdir, step, allow_config_change)
   if mode == "caption":
     from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
-    return captioner.caption_checkpoint(config, workdir, step, caption_data)
-  return loop.train(config, workdir)
+    return captioner.caption_checkpoint(config, workdir, step, caption_data,
+                                        allow_config_change)
+  return loop.train(config, workdir, allow_config_change)
 
 
 class _QuietLibraries:
@@ -59,7 +63,7 @@ def main(argv):
     mesh_lib.initialize_distributed()  # before anything touches the devices
   try:
     result = run(FLAGS.config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices,
-                 FLAGS.caption_data)
+                 FLAGS.caption_data, FLAGS.allow_config_change)
   except ValueError as e:
     if FLAGS.debug:
       raise

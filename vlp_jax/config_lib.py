@@ -102,6 +102,10 @@ def base_config():
   c.data.text_key = ""  # tfds: text feature path (e.g. captions/text); empty: the first Text
   c.data.label_key = ""  # tfds: class label feature; empty: the first ClassLabel
   c.data.zeroshot_templates = "short"  # prompts of tfds/jsonl zero-shot sets: short or clip80
+  # Eval images: crop = resize the shorter side, centre crop (CLIP's protocol); squash =
+  # resize to a square, ignoring the aspect ratio.
+  c.data.eval_resize = "crop"
+  c.data.allow_outside_paths = False  # jsonl: image paths may leave their folder
 
   c.train = ConfigDict()
   c.train.batch_size = 64  # global, over all hosts and devices
@@ -113,6 +117,14 @@ def base_config():
   c.train.keep_checkpoints = 3
   c.train.profile_port = 0  # >0: start jax.profiler server for on-demand traces
   c.train.profile_steps = 0  # >0: write a trace of this many steps after the first log period
+  # A step whose loss, gradient norm or new parameters are not finite never changes the
+  # state. stop: the run ends with an error naming the step (the last good checkpoint
+  # stays the latest); skip: the batch is skipped and counted, up to max_nonfinite in a row.
+  c.train.nonfinite = "stop"
+  c.train.max_nonfinite = 10
+  # jax's persistent compilation cache, so a restarted run does not compile again.
+  # Empty: WORKDIR/compile_cache; "none": off; else a directory (local or gs://).
+  c.train.compile_cache = ""
 
   c.optim = ConfigDict()
   c.optim.lr = 1e-3
@@ -120,6 +132,10 @@ def base_config():
   c.optim.warmup_steps = 10
   c.optim.min_lr_ratio = 0.0
   c.optim.weight_decay = 0.1
+  # decoupled: each step multiplies a weight by 1 - weight_decay * schedule(t) (big_vision,
+  # the AdamW paper), schedule(t) = lr(t) / lr; lr_coupled: by 1 - lr(t) * weight_decay
+  # (PyTorch and optax AdamW).
+  c.optim.weight_decay_mode = "lr_coupled"
   c.optim.b1 = 0.9
   c.optim.b2 = 0.98
   c.optim.eps = 1e-6

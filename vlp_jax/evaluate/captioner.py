@@ -89,10 +89,11 @@ def evaluate_sets(family, mesh, params, tokenizer, eval_sets, config):
   return results
 
 
-def caption_checkpoint(config, workdir, step=None, caption_data=None):
+def caption_checkpoint(config, workdir, step=None, caption_data=None,
+                       allow_config_change=False):
   """Captions every input set; returns per set the count, mean length in words and, where
   references exist, BLEU-4 and CIDEr-D (with a random-caption CIDEr-D floor)."""
-  s = loop.setup(config, workdir)
+  s = loop.setup(config, workdir, reading=True, allow_config_change=allow_config_change)
   if not hasattr(s.family, "caption"):
     raise ValueError(f"Config field 'model.name': {config.model.name!r} has no caption "
                      f"decoder; --mode=caption needs coca")

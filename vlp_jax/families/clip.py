@@ -1,4 +1,6 @@
 """Two-tower contrastive families: CLIP (softmax InfoNCE) and SigLIP (pairwise sigmoid)."""
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -6,6 +8,18 @@ from vlp_jax import losses
 from vlp_jax.losses import contrastive
 from vlp_jax.models import clip as clip_model
 from vlp_jax.parallel.mesh import BATCH_AXES
+
+
+def clamp_logit_scale(params, logit_scale_max):
+  """params with log_logit_scale clamped at log(logit_scale_max) (0: no cap).
+
+  Applied to the parameter after each update, as OpenAI CLIP and open_clip do: a cap in the
+  forward pass would zero the gradient above it, so the scale could never come back.
+  """
+  if not logit_scale_max:
+    return params
+  return dict(params, log_logit_scale=jnp.minimum(params["log_logit_scale"],
+                                                  math.log(logit_scale_max)))
 
 
 class ClipFamily:
@@ -27,6 +41,10 @@ class ClipFamily:
 
   def init(self, rng, batch):
     return self.module.init(rng, batch["image"], batch["tokens"])["params"]
+
+  def constrain(self, params):
+    """Projects the parameters back into their allowed range after an update."""
+    return clamp_logit_scale(params, self.config.model.logit_scale_max)
 
   def features(self, params, batch, rng):
     """Per-example outputs that the loss combines across the global batch."""

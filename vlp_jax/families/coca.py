@@ -34,6 +34,7 @@ class CocaFamily:
   # The same batch fields and initialisation as the two-tower families.
   example_batch = ClipFamily.example_batch
   init = ClipFamily.init
+  constrain = ClipFamily.constrain
 
   def features(self, params, batch, rng):
     """Embeddings and per-example captioning sums: all the loss needs of the batch."""

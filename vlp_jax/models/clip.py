@@ -14,14 +14,14 @@ class Clip(nn.Module):
   """Two towers: L2-normalised image and text embeddings and the learned logit scale.
 
   The temperature is stored as log(scale), initialised to log(logit_scale_init) (CLIP:
-  1/0.07; SigLIP: 10); the scale used in the loss is min(exp(log_scale), logit_scale_max)
-  (CLIP caps at 100; 0 means no cap). SigLIP adds a learned logit bias (init -10).
+  1/0.07; SigLIP: 10); the loss uses exp(log_scale), and the trainer clamps the parameter
+  at log(model.logit_scale_max) after each update (CLIP: 100; 0: no cap). SigLIP adds a
+  learned logit bias (init -10).
   """
   vision: dict
   text: dict
   embed_dim: int
   logit_scale_init: float = 1 / 0.07
-  logit_scale_max: float = 100.0
   logit_bias_init: Optional[float] = None
   dtype: Any = jnp.float32
 
@@ -45,8 +45,10 @@ class Clip(nn.Module):
     return _normalize(self.text_tower(tokens)[0])
 
   def logit_scale(self):
-    scale = jnp.exp(self.log_logit_scale)
-    return jnp.minimum(scale, self.logit_scale_max) if self.logit_scale_max else scale
+    # Not capped here: a cap in the forward pass zeroes the gradient above it, and Adam's
+    # momentum then pushes the parameter on for good. The family clamps the parameter
+    # after each update instead (families/clip.py clamp_logit_scale), as OpenAI does.
+    return jnp.exp(self.log_logit_scale)
 
   def scalars(self):
     """(scale,) or (scale, bias): the loss's learned scalars."""
@@ -77,5 +79,5 @@ def from_config(m, eos_id):
               causal=m.text_causal, pool=m.text_pool, **common)
   bias = m.logit_bias_init if m.name == "siglip" else None
   return Clip(vision=vision, text=text, embed_dim=m.embed_dim,
-              logit_scale_init=m.logit_scale_init, logit_scale_max=m.logit_scale_max,
+              logit_scale_init=m.logit_scale_init,
               logit_bias_init=bias, dtype=jnp.dtype(m.dtype))

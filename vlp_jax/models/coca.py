@@ -186,7 +186,6 @@ class Coca(nn.Module):
   num_decoder_queries: int
   pooling: str = "attention"
   logit_scale_init: float = 1 / 0.07
-  logit_scale_max: float = 100.0
   dtype: Any = jnp.float32
   decode: bool = False
 
@@ -253,8 +252,10 @@ class Coca(nn.Module):
     return _normalize(self.text_decoder.text_embedding(self.text_decoder.unimodal_tokens(tokens)))
 
   def logit_scale(self):
-    scale = jnp.exp(self.log_logit_scale)
-    return jnp.minimum(scale, self.logit_scale_max) if self.logit_scale_max else scale
+    # Not capped here: a cap in the forward pass zeroes the gradient above it, and Adam's
+    # momentum then pushes the parameter on for good. The family clamps the parameter
+    # after each update instead (families/clip.py clamp_logit_scale), as OpenAI does.
+    return jnp.exp(self.log_logit_scale)
 
   def decode_step(self, ids, position, context=None):
     return self.text_decoder.step(ids, position, context)
@@ -300,4 +301,4 @@ def from_config(m, eos_id, decode=False, loss_groups=1):
   return Coca(vision=vision, decoder=decoder, embed_dim=m.embed_dim,
               num_decoder_queries=m.num_decoder_queries, pooling=m.coca_pooling,
               logit_scale_init=m.logit_scale_init,
-              logit_scale_max=m.logit_scale_max, dtype=jnp.dtype(m.dtype), decode=decode)
+              dtype=jnp.dtype(m.dtype), decode=decode)

@@ -85,6 +85,21 @@ def batch_sharding(mesh):
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def process_rows(batch_sharding_, global_batch):
+  """Rows [0, global_batch) of a batch-sharded array that this process feeds, ascending.
+
+  `jax.make_array_from_process_local_data` fills this process's devices from its local rows
+  in this order. Which rows a process owns is decided by the mesh's device order, which on
+  TPU need not be contiguous blocks, so input pipelines ask here instead of assuming
+  process p owns rows [p * b, (p + 1) * b).
+  """
+  shape = (global_batch,)
+  rows = set()
+  for index in batch_sharding_.addressable_devices_indices_map(shape).values():
+    rows.update(range(*index[0].indices(global_batch)[:2]))
+  return np.array(sorted(rows), np.int64)
+
+
 def replicated(mesh):
   return NamedSharding(mesh, P())
 

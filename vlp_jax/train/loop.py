@@ -36,8 +36,11 @@ class Setup:
   checkpointer: checkpoint.Checkpointer
 
 
-def setup(config, workdir):
-  """Everything a run needs before its first step; fails fast on bad config and data."""
+def setup(config, workdir, reading=False, allow_config_change=False):
+  """Everything a run needs before its first step; fails fast on bad config and data.
+
+  `reading`: evaluation or captioning of an existing run, which never writes to workdir.
+  """
   config_lib.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.batch_size_per_shard(config.train.batch_size // config.train.accum_steps, mesh,
@@ -106,9 +109,9 @@ def _skip_metrics(skipped):
   return {f"data/skipped/{reason}": n for reason, n in skipped.items()}
 
 
-def train(config, workdir):
+def train(config, workdir, allow_config_change=False):
   """Trains from scratch or resumes from workdir; returns the final metrics."""
-  s = setup(config, workdir)
+  s = setup(config, workdir, allow_config_change=allow_config_change)
   c = config
   restored = s.checkpointer.restore(s.abstract_state, s.shardings)
   if restored is None:
@@ -177,9 +180,9 @@ def train(config, workdir):
   return final
 
 
-def evaluate_checkpoint(config, workdir, step=None):
+def evaluate_checkpoint(config, workdir, step=None, allow_config_change=False):
   """Evaluates the latest (or the given) checkpoint in workdir on `data.eval`."""
-  s = setup(config, workdir)
+  s = setup(config, workdir, reading=True, allow_config_change=allow_config_change)
   restored = s.checkpointer.restore(s.abstract_state, s.shardings, step)
   if restored is None:
     raise ValueError(f"No checkpoint in {s.checkpointer.directory}; train first "
