@@ -1,0 +1,48 @@
+"""The config fields a checkpoint depends on, so a resume cannot silently change the model.
+
+A checkpoint's arrays mean something only together with the fields that say what each
+array computes (the activation, causal masking, pooling, the layer layout) and the fields
+that decide which records the saved input position points into. Those fields are stored
+with every checkpoint and compared on restore (train/checkpoint.py). Everything else may
+change between runs: speed and memory settings, the optimizer and schedule (a longer or
+retuned run is the usual reason to resume), evaluation, logging and the mesh.
+
+Left out of `model`, with the reason:
+  dtype, remat, remat_policy: compute dtype and rematerialisation; parameters are always
+    float32 and hold the same values either way.
+  logit_scale_init, logit_bias_init: used only to initialise; a restored run never reads
+    them.
+  logit_scale_max: a clamp applied after each update, a training rule like optim.clip_norm.
+`model.scan` is kept: it stacks each tower's blocks into one array per weight, a
+different parameter layout.
+
+From `data`, the fields that pick or order the training records: train, tokenizer (token
+ids mean nothing under another vocabulary), holdout_percent (which jsonl records are the
+train split), shuffle_buffer, augment, crop_min_scale, shard_cycle, image_key and text_key.
+Left out: data_dir (where the data lives, not what it is), eval fields, prefetch and
+num_parallel_calls (the pipeline is deterministic), allow_outside_paths (a permission).
+`seed` shuffles the data and seeds the train RNG. train.batch_size is left out: the input
+position counts records, so another batch size reads the same records in the same order.
+"""
+
+import json
+
+MODEL_EXCLUDED = ("dtype", "remat", "remat_policy", "logit_scale_init", "logit_bias_init",
+                  "logit_scale_max")
+DATA_FIELDS = ("train", "tokenizer", "holdout_percent", "shuffle_buffer", "augment",
+               "crop_min_scale", "shard_cycle", "image_key", "text_key")
+
+
+def fingerprint(config):
+  """{"model.activation": "gelu", ..., "seed": 0}: flat, JSON-safe, sorted by name."""
+  fields = {f"model.{k}": v for k, v in config.model.items() if k not in MODEL_EXCLUDED}
+  fields.update({f"data.{k}": config.data[k] for k in DATA_FIELDS})
+  fields["seed"] = config.seed
+  # Through JSON so a fresh value compares equal to one read back from a checkpoint.
+  return json.loads(json.dumps(dict(sorted(fields.items()))))
+
+
+def differences(saved, current):
+  """Names whose values differ, in order; a name the checkpoint lacks (written before the
+  field existed) is not a difference."""
+  return [k for k in sorted(current) if k in saved and saved[k] != current[k]]
