@@ -8,7 +8,9 @@
 Every mode ends by printing one JSON object on its last line.
 """
 import json
+import math
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -53,16 +55,72 @@ class _QuietLibraries:
     return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
 
 
+def load_config():
+  """FLAGS.config, or exit 2 with one line when the file is missing, broken or raises.
+
+  config_flags defers a load error to the config's first use; this is that first use.
+  """
+  try:
+    config = FLAGS.config
+    config.keys()
+    return config
+  except Exception as e:  # pylint: disable=broad-except  # any error of the user's file
+    if FLAGS.debug:
+      raise
+    _config_file_error(e, FLAGS["config"].config_filename)
+
+
+def _root_cause(error):
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def _raised_in(error, config_path):
+  """Whether `error` came from the config file's own code."""
+  file = config_path.split(":")[0]
+  frames = traceback.extract_tb(_root_cause(error).__traceback__)
+  return bool(file) and any(f.filename.endswith(file.lstrip("./")) for f in frames)
+
+
+def _config_file_error(error, path):
+  """Exits 2 with one line: the config file, the original error's type, line and message."""
+  root = _root_cause(error)
+  if isinstance(root, SyntaxError):
+    where = f" (line {root.lineno})"
+  else:
+    file = path.split(":")[0].lstrip("./")
+    frames = [f for f in traceback.extract_tb(root.__traceback__) if f.filename.endswith(file)]
+    where = f" (line {frames[-1].lineno})" if frames else ""
+  lines = str(root).strip().splitlines()
+  message = lines[0].strip() if isinstance(root, ValueError) and lines else (
+      lines[-1].strip() if lines else "")
+  print(f"error: --config={path}: {type(root).__name__}{where}: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def strict_json(value):
+  """`value` with NaN and infinities as null: the last line is always valid JSON."""
+  if isinstance(value, dict):
+    return {k: strict_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [strict_json(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  logging.info("config:\n%s", FLAGS.config)
+  config = load_config()
+  logging.info("config:\n%s", config)
   if FLAGS.mode != "describe":
     from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     mesh_lib.initialize_distributed()  # before anything touches the devices
   try:
-    result = run(FLAGS.config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices,
+    result = run(config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices,
                  FLAGS.caption_data, FLAGS.allow_config_change)
   except ValueError as e:
     if FLAGS.debug:
@@ -70,22 +128,32 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if FLAGS.mode == "describe":
-    print(FLAGS.config)
-  print(json.dumps(result, sort_keys=True), flush=True)
+    print(config)
+  print(json.dumps(strict_json(result), sort_keys=True, allow_nan=False), flush=True)
 
 
 def parse_flags(argv):
   """absl's parser, but a mistyped `--config.a.b=v` ends with one line naming the field."""
+  config_args = [a for a in argv if a.startswith("--config=")]
+  config_path = config_args[-1][len("--config="):] if config_args else ""
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    if not overrides or _raised_in(e, config_path):
+      _config_file_error(e, config_path)
     name, _, hint = str(e.args[0] if e.args else e).strip("\"'").partition("\n")
     print(f"error: unknown config field {name.strip(chr(39))!r} in {' '.join(overrides)}"
           f"{'; ' + hint if hint else ''}", file=sys.stderr)
     sys.exit(2)
-  except flags.Error as e:
-    print(f"error: {e}\nPass --helpfull for the list of flags.", file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except  # the config file's own errors too
+    if config_path and ("--config" in str(e).split(":")[0] or not isinstance(e, flags.Error)):
+      if "--debug" in argv:
+        raise
+      _config_file_error(e, config_path)
+    if not isinstance(e, flags.Error):
+      raise
+    print(f"error: {str(e).splitlines()[0]} (--helpfull lists the flags)", file=sys.stderr)
     sys.exit(2)
 
 

@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.optim.lr = 5e-4
   c.optim.warmup_steps = 2_000
   c.optim.weight_decay = 0.2
+  c.optim.weight_decay_mode = "lr_coupled"  # CLIP trained with PyTorch AdamW: lr(t) x 0.2
 
   # Every chip holds a 1/n slice of weights and optimizer state (ZeRO-3) and 128 examples.
   c.mesh.data, c.mesh.fsdp, c.mesh.model = 1, -1, 1

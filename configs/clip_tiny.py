@@ -33,4 +33,5 @@ def get_config(arg=None):
   c.train.checkpoint_every = 200
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 50
+  c.optim.weight_decay_mode = "lr_coupled"  # as CLIP (PyTorch AdamW); wd 0.1 (the default)
   return c

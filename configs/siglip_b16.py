@@ -46,6 +46,8 @@ def get_config(arg=None):
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 5_000
   c.optim.weight_decay = 1e-4
+  # big_vision's convention (where this value comes from): wd x schedule(t), not x lr(t).
+  c.optim.weight_decay_mode = "decoupled"
   c.optim.b2 = 0.95
 
   c.mesh.data, c.mesh.fsdp, c.mesh.model = 1, -1, 1

@@ -4,6 +4,8 @@ Every config file builds on `base_config()` and changes only what differs, so th
 fields is known in one place: a field that is not here is a typo, and `validate` rejects it
 before anything is compiled.
 """
+import math
+
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
@@ -15,6 +17,9 @@ REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # models/layers.py REMA
 SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("none", "crop")
 DECODE_METHODS = ("greedy", "beam", "sample")
+NONFINITE = ("stop", "skip")
+WEIGHT_DECAY_MODES = ("decoupled", "lr_coupled")  # train/optimizer.py
+EVAL_RESIZES = ("crop", "squash")
 
 
 def parse_arg(arg, **defaults):
@@ -180,6 +185,23 @@ def _require(ok, field, message):
     raise ValueError(f"Config field {field!r}: {message}")
 
 
+def _finite_in(value, field, low, high, low_open=False, high_open=False):
+  """A finite number within [low, high] (None: unbounded; *_open: bound excluded)."""
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"Config field {field!r}: {value!r} is not a number") from None
+  lo = "(" if low_open or low is None else "["
+  hi = ")" if high_open or high is None else "]"
+  where = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+  ok = math.isfinite(number)
+  if ok and low is not None:
+    ok = number > low if low_open else number >= low
+  if ok and high is not None:
+    ok = number < high if high_open else number <= high
+  _require(ok, field, f"{value!r} is not a finite number in {where}")
+
+
 def validate(config):
   """Raises ValueError naming the field for typos and values that cannot work."""
   _check_keys(config, base_config())
@@ -221,7 +243,43 @@ def validate(config):
   _require(t.accum_steps >= 1 and t.batch_size % t.accum_steps == 0, "train.accum_steps",
            f"{t.accum_steps} must be >= 1 and divide train.batch_size={t.batch_size}")
   _require(t.steps > 0, "train.steps", "must be positive")
+  for field in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+    _require(t[field] >= 1, f"train.{field}", f"must be >= 1, got {t[field]}")
+  for field in ("eval_every", "profile_steps", "profile_port"):
+    _require(t[field] >= 0, f"train.{field}", f"must be >= 0, got {t[field]}")
+  _require(t.nonfinite in NONFINITE, "train.nonfinite", f"{t.nonfinite!r} is not one of {NONFINITE}")
   _require(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r} is not one of {SCHEDULES}")
+  _require(o.weight_decay_mode in WEIGHT_DECAY_MODES, "optim.weight_decay_mode",
+           f"{o.weight_decay_mode!r} is not one of {WEIGHT_DECAY_MODES}")
+  _finite_in(o.lr, "optim.lr", 0, None, low_open=True)
+  _finite_in(o.weight_decay, "optim.weight_decay", 0, None)
+  _finite_in(o.min_lr_ratio, "optim.min_lr_ratio", 0, 1)
+  _finite_in(o.b1, "optim.b1", 0, 1, high_open=True)
+  _finite_in(o.b2, "optim.b2", 0, 1, high_open=True)
+  _finite_in(o.eps, "optim.eps", 0, None, low_open=True)
+  _finite_in(o.clip_norm, "optim.clip_norm", 0, None)
+  _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+  for field in ("logit_scale_init", "logit_scale_max"):
+    _finite_in(m[field], f"model.{field}", 0, None, low_open=field == "logit_scale_init")
+  _finite_in(m.logit_bias_init, "model.logit_bias_init", None, None)
+  for field in ("vision_mlp_ratio", "text_mlp_ratio"):
+    _finite_in(m[field], f"model.{field}", 0, None, low_open=True)
+  for field in ("embed_dim", "image_size", "patch_size", "vision_width", "vision_depth",
+                "vision_heads", "vocab_size", "context_length", "text_width", "text_depth",
+                "text_heads"):
+    _require(m[field] >= 1, f"model.{field}", f"must be >= 1, got {m[field]}")
+  _finite_in(d.crop_min_scale, "data.crop_min_scale", 0, 1, low_open=True)
+  _require(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {d.shuffle_buffer}")
+  _require(d.prefetch >= 1, "data.prefetch", f"must be >= 1, got {d.prefetch}")
+  _require(d.shard_cycle >= 1, "data.shard_cycle", f"must be >= 1, got {d.shard_cycle}")
+  _require(d.num_parallel_calls == -1 or d.num_parallel_calls >= 1, "data.num_parallel_calls",
+           f"must be -1 (one per core) or >= 1, got {d.num_parallel_calls}")
+  _require(d.eval_resize in EVAL_RESIZES, "data.eval_resize",
+           f"{d.eval_resize!r} is not one of {EVAL_RESIZES}")
+  _require(config.eval.batch_size >= 1, "eval.batch_size",
+           f"must be >= 1, got {config.eval.batch_size}")
+  _require(config.eval.max_examples >= 0, "eval.max_examples",
+           f"must be >= 0 (0: all), got {config.eval.max_examples}")
   _require(d.augment in AUGMENTS, "data.augment", f"{d.augment!r} is not one of {AUGMENTS}")
   _require(d.zeroshot_templates in ("short", "clip80"), "data.zeroshot_templates",
            f"{d.zeroshot_templates!r} is not short or clip80")

@@ -42,6 +42,19 @@ def train_tokenizer(captions, vocab_size, out_path):
   return out_path
 
 
+def _train_once(config, path):
+  """Process 0 trains the workdir's tokenizer if it is missing; the others wait for it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0 and not tf.io.gfile.exists(path):
+    # Imported here: sources pulls in TFDS, which a tokenizer read from a file never needs.
+    from vlp_jax.data import sources  # pylint: disable=g-import-not-at-top
+    source = sources.from_config(config.data.train, config.data)
+    train_tokenizer(source.captions(), config.model.vocab_size, path)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("tokenizer trained")
+
+
 class Tokenizer:
   """Encodes captions to fixed-length int32 ids: pieces, EOS, then pad_id=0."""
 
@@ -77,16 +90,21 @@ class Tokenizer:
     return texts
 
 
-def get_tokenizer(config, workdir):
-  """The tokenizer of config.data.tokenizer, or one trained on data.train's captions."""
-  # Imported here: sources pulls in TFDS, which a tokenizer loaded from a file never needs.
-  from vlp_jax.data import sources  # pylint: disable=g-import-not-at-top
+def get_tokenizer(config, workdir, reading=False):
+  """The tokenizer of config.data.tokenizer, else the workdir's, else (training only) one
+  trained on data.train's captions by process 0 and read by every process.
+
+  `reading` (evaluation, captioning): a run is only ever read with the tokenizer it was
+  trained with, so a missing one is an error, never a new one written into the workdir.
+  """
   path = config.data.tokenizer
   if not path:
     path = os.path.join(workdir, "tokenizer.model")
-    if not tf.io.gfile.exists(path):
-      source = sources.from_config(config.data.train, config.data)
-      train_tokenizer(source.captions(), config.model.vocab_size, path)
+    if reading and not tf.io.gfile.exists(path):
+      raise ValueError(f"{path} is missing: the run's tokenizer is needed to read it (set "
+                       f"config.data.tokenizer if the run was trained with another file)")
+    if not reading:
+      _train_once(config, path)
   elif not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
     raise ValueError(f"config.data.tokenizer={path!r} does not exist")
   tok = Tokenizer(path, config.model.context_length)

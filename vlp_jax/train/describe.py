@@ -68,6 +68,12 @@ def describe(config, num_devices=None):
   num_devices = num_devices or jax.device_count()
   shape = mesh_lib.mesh_shape(config.mesh, num_devices)
   mesh_shape = dict(zip(mesh_lib.AXES, shape))
+  shards = mesh_shape["data"] * mesh_shape["fsdp"]
+  micro = config.train.batch_size // config.train.accum_steps
+  if micro % shards:
+    raise ValueError(f"Config field 'train.batch_size': {micro} examples per step (batch_size "
+                     f"/ accum_steps) do not divide the {shards} batch shards (mesh data x "
+                     f"fsdp on {num_devices} devices)")
   family = families.get_family(config)
   tx, _ = optimizer.make(config)
   abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh_shape)
@@ -88,7 +94,6 @@ def describe(config, num_devices=None):
       "global_batch": config.train.batch_size,
   }
   result["flops_per_step"] = result["flops_per_example"] * config.train.batch_size
-  shards = mesh_shape["data"] * mesh_shape["fsdp"]
   kind = "sigmoid" if family.LOSSES is losses.SIGMOID else "softmax"
   result["bytes_per_device/loss"] = losses.memory_estimate(
       config.loss.contrastive, kind, max(config.train.batch_size // shards, 1), shards,

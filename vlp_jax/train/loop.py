@@ -6,6 +6,7 @@ state (fresh or restored) -> jitted step -> checkpoints, metrics, evaluation.
 import collections
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -18,7 +19,7 @@ from vlp_jax.data.tf_setup import tf
 from vlp_jax.evaluate import runner
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding
-from vlp_jax.train import checkpoint, optimizer, state as state_lib
+from vlp_jax.train import checkpoint, fingerprint, optimizer, state as state_lib
 from vlp_jax.train.step import make_train_step
 
 
@@ -42,18 +43,63 @@ def setup(config, workdir, reading=False, allow_config_change=False):
   `reading`: evaluation or captioning of an existing run, which never writes to workdir.
   """
   config_lib.validate(config)
+  check_workdir(workdir, reading)
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.batch_size_per_shard(config.train.batch_size // config.train.accum_steps, mesh,
                                 "train.batch_size / train.accum_steps")
-  tf.io.gfile.makedirs(workdir)
-  tokenizer = data.get_tokenizer(config, workdir)
+  t = config.train
+  checkpointer = checkpoint.Checkpointer(
+      workdir, t.checkpoint_every, t.keep_checkpoints,
+      fingerprint=fingerprint.fingerprint(config), allow_config_change=allow_config_change,
+      read_only=reading)
+  if reading and checkpointer.latest_step() is None:
+    raise ValueError(f"No checkpoint in {checkpointer.directory}; train first "
+                     f"(--mode=train) or pass --workdir of a trained run")
+  if not reading:
+    tf.io.gfile.makedirs(workdir)
+    use_compile_cache(config, workdir)
+  tokenizer = data.get_tokenizer(config, workdir, reading=reading)
   family = families.get_family(config, tokenizer.eos_id)
   tx, lr_fn = optimizer.make(config)
   abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
-  t = config.train
   return Setup(config, workdir, mesh, tokenizer, family, tx, lr_fn, abstract,
-               sharding.named(mesh, specs),
-               checkpoint.Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints))
+               sharding.named(mesh, specs), checkpointer)
+
+
+def check_workdir(workdir, reading):
+  """One-line errors for a workdir that cannot hold (or does not hold) a run."""
+  if "://" in workdir:
+    return  # cloud storage: orbax and gfile report their own errors
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file, not a directory")
+  if reading:
+    if not os.path.isdir(workdir):
+      raise ValueError(f"--workdir={workdir} does not exist; pass the workdir of a trained run")
+    return
+  probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+  try:  # what access() says is not what root on a read-only mount may do: try it
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"--workdir={workdir} is not writable ({e.strerror}: "
+                     f"{e.filename or workdir})") from None
+
+
+def use_compile_cache(config, workdir):
+  """jax's persistent compilation cache, so a restarted run skips the compile."""
+  where = config.train.compile_cache
+  if where == "none":
+    return
+  where = where or os.path.join(workdir, "compile_cache")
+  current = jax.config.jax_compilation_cache_dir
+  if current and current != where:
+    # jax initialises its cache once per process: a second run in the same process
+    # (tests, notebooks) keeps the first directory.
+    logging.info("compilation cache stays at %s (not %s)", current, where)
+    return
+  jax.config.update("jax_compilation_cache_dir", where)
 
 
 def load_eval_sets(s):
@@ -63,17 +109,19 @@ def load_eval_sets(s):
           for spec in config_lib.eval_specs(c)]
 
 
-def device_batches(iterator, mesh, depth):
+def device_batches(iterator, mesh, depth, global_batch):
   """Host batches -> global arrays on the mesh, `depth` ahead; yields (batch, position, skipped).
 
-  Each host passes only its own rows; jax assembles the global batch sharded over data x fsdp.
+  Each host passes only its own rows (sharding.process_rows, which the iterator was built
+  with); jax assembles the global batch sharded over data x fsdp.
   """
   target = sharding.batch_sharding(mesh)
   queue = collections.deque()
 
   def put():
     local = next(iterator)
-    arrays = {k: jax.make_array_from_process_local_data(target, v) for k, v in local.items()}
+    arrays = {k: jax.make_array_from_process_local_data(target, v, (global_batch,) + v.shape[1:])
+              for k, v in local.items()}
     queue.append((arrays, iterator.position, dict(iterator.skipped)))
 
   for _ in range(max(depth, 1)):
@@ -87,22 +135,82 @@ def device_batches(iterator, mesh, depth):
 class MetricsLog:
   """TensorBoard + console through clu, and workdir/metrics.jsonl for scripts and tests."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, start_step=0):
     self.primary = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
     # Cloud storage cannot append, so remote workdirs rely on the TensorBoard events alone.
     self.path = None if "://" in workdir else os.path.join(workdir, "metrics.jsonl")
+    if self.primary and self.path:
+      self._truncate(start_step)
+
+  def _truncate(self, start_step):
+    """Drops the lines of steps after `start_step`: a run killed after its last checkpoint
+    logged steps that the resumed run logs again."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if _line_step(line) <= start_step]
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
 
   def write(self, step, scalars):
     scalars = {k: float(v) for k, v in scalars.items()}
     self.writer.write_scalars(step, scalars)
     if self.primary and self.path:
       with open(self.path, "a") as f:
-        f.write(json.dumps(dict(step=step, **scalars)) + "\n")
+        f.write(json.dumps(dict(step=step, **strict_json(scalars)), allow_nan=False) + "\n")
 
   def close(self):
     self.writer.flush()
     self.writer.close()
+
+
+def _line_step(line):
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return -1  # a torn last line
+
+
+def strict_json(scalars):
+  """NaN and infinities as null: JSON has no such numbers."""
+  return {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+          for k, v in scalars.items()}
+
+
+class NonFiniteError(ValueError):
+  """Training met non-finite values that config.train.nonfinite does not tolerate."""
+
+
+def check_finite(config, counters, latest_checkpoint):
+  """Raises NonFiniteError when the step's counters (from the state, read only when the
+  loop syncs anyway) say the run must stop."""
+  skipped, streak, first = (int(counters[k]) for k in
+                            ("skipped_nonfinite", "nonfinite_streak", "nonfinite_step"))
+  t = config.train
+  kept = (f"the parameters were not updated; the latest checkpoint (step "
+          f"{latest_checkpoint}) is the last good one" if latest_checkpoint is not None else
+          "the parameters were not updated; no checkpoint was written yet")
+  if t.nonfinite == "stop" and skipped:
+    raise NonFiniteError(
+        f"step {first}: the loss, gradient norm or "
+        f"updated parameters are not finite (train.nonfinite=stop); {kept}. Lower optim.lr, "
+        f"or set train.nonfinite=skip to skip such batches")
+  if t.nonfinite == "skip" and streak >= t.max_nonfinite:
+    raise NonFiniteError(
+        f"steps {first} to {first + streak - 1}: {streak} non-finite steps in a row "
+        f"(train.max_nonfinite={t.max_nonfinite}); {kept}")
+
+
+def _train_metrics(values, skipped):
+  """What a log line shows: the step's metrics (the non-finite streak and its start are
+  bookkeeping for check_finite), the skipped-record counts."""
+  out = {k: float(v) for k, v in values.items() if k not in ("nonfinite_streak", "nonfinite_step")}
+  out["train/skipped_nonfinite"] = out.pop("skipped_nonfinite")
+  return dict(out, **_skip_metrics(skipped))
 
 
 def _skip_metrics(skipped):
@@ -123,14 +231,21 @@ def train(config, workdir, allow_config_change=False):
   logging.info("mesh %s; starting at step %d, input position %d", mesh_lib.describe(s.mesh),
                start, position)
 
+  global_batch = c.train.batch_size
+  rows = sharding.process_rows(sharding.batch_sharding(s.mesh), global_batch)
   iterator = data.TrainIterator(c, s.tokenizer, position=position,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count())
-  batches = device_batches(iterator, s.mesh, c.data.prefetch)
+                                process_count=jax.process_count(), rows=rows)
+  batches = device_batches(iterator, s.mesh, c.data.prefetch, global_batch)
   eval_sets = load_eval_sets(s)
   encoder = runner.Encoder(s.family, s.mesh, c.eval.batch_size)
   step_fn = make_train_step(s.family, s.tx, s.lr_fn, c, s.mesh, s.shardings)
-  log = MetricsLog(workdir)
+  log = MetricsLog(workdir, start)
+  counters = ("skipped_nonfinite", "nonfinite_streak", "nonfinite_step")
+
+  def check(step_metrics):
+    """Stops a diverged run before anything is saved; a sync, so only where one happens."""
+    check_finite(c, {k: step_metrics[k] for k in counters}, s.checkpointer.latest_step())
   hooks = [periodic_actions.ReportProgress(num_train_steps=c.train.steps, writer=log.writer,
                                            every_steps=c.train.log_every, every_secs=None)]
   if c.train.profile_steps and jax.process_index() == 0:
@@ -139,19 +254,26 @@ def train(config, workdir, allow_config_change=False):
   if c.train.profile_port:
     jax.profiler.start_server(c.train.profile_port)
   stop = checkpoint.StopSignal()
-  final, metrics, skipped = {}, None, {}
+  final, metrics, skipped, iterator_position = {}, None, {}, position
   try:
     for step in range(start + 1, c.train.steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        batch, position, skipped = next(batches)
+        batch, iterator_position, skipped = next(batches)
         state, metrics = step_fn(state, batch)
       for hook in hooks:
         hook(step)
-      if step % c.train.log_every == 0 or step == c.train.steps:
-        log.write(step, dict(jax.device_get(metrics), **_skip_metrics(skipped)))
-      s.checkpointer.save(step, state, position)
-      if stop.requested or s.checkpointer.reached_preemption(step):
-        s.checkpointer.save(step, state, position, force=True)
+      logs = step % c.train.log_every == 0 or step == c.train.steps
+      saves = step % c.train.checkpoint_every == 0
+      preempted = stop.requested or s.checkpointer.reached_preemption(step)
+      if logs or saves or preempted:
+        values = jax.device_get(metrics)
+        if logs:
+          log.write(step, _train_metrics(values, skipped))
+        check(values)
+      if saves:
+        s.checkpointer.save(step, state, lambda: iterator_position)
+      if preempted:
+        s.checkpointer.save(step, state, lambda: iterator_position, force=True)
         s.checkpointer.wait()
         logging.warning("stopped at step %d; rerun the same command to resume", step)
         return {"step": step, "stopped": True}
@@ -159,8 +281,10 @@ def train(config, workdir, allow_config_change=False):
           and step != c.train.steps:
         log.write(step, runner.evaluate(encoder, state.params, s.tokenizer, eval_sets))
     if metrics is not None:
-      final.update({k: float(v) for k, v in jax.device_get(metrics).items()})
-    s.checkpointer.save(c.train.steps, state, position, force=True)
+      values = jax.device_get(metrics)
+      check(values)
+      final.update(_train_metrics(values, {}))
+    s.checkpointer.save(c.train.steps, state, lambda: iterator_position, force=True)
     s.checkpointer.wait()
     if eval_sets:
       results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets)

@@ -1,6 +1,16 @@
-"""AdamW with warmup + cosine, decoupled weight decay on matrices only, global-norm clipping."""
+"""AdamW with warmup + cosine, weight decay on matrices only, global-norm clipping.
+
+Weight decay comes in the two conventions that papers use (config.optim.weight_decay_mode):
+- lr_coupled: w -= lr(t) * wd * w, as PyTorch's and optax's AdamW (CLIP's wd 0.2).
+- decoupled: w -= wd * schedule(t) * w with schedule(t) = lr(t) / lr, independent of the
+  base learning rate, as big_vision and the AdamW paper (SigLIP's wd 1e-4, CoCa's 0.01).
+The same number means very different decay: SigLIP's 1e-4 taken as lr_coupled with lr 1e-3
+would decay 1e-7 per step instead of 1e-4.
+"""
 import flax
 import optax
+
+WEIGHT_DECAY_MODES = ("decoupled", "lr_coupled")
 
 
 def decays(name):
@@ -32,8 +42,19 @@ def make(config):
   parts = []
   if o.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(o.clip_norm))
-  parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=decay_mask))
+  if o.weight_decay_mode == "lr_coupled":
+    parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                             mask=decay_mask))
+  elif o.weight_decay_mode == "decoupled":
+    # After the learning rate: updates = -lr(t) * adam - wd * lr(t) / lr * w.
+    parts += [optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+              optax.scale_by_learning_rate(lr)]
+    if o.weight_decay:
+      parts.append(optax.add_decayed_weights(lambda t: -o.weight_decay * lr(t) / o.lr,
+                                             mask=decay_mask))
+  else:
+    raise ValueError(f"Config field 'optim.weight_decay_mode': {o.weight_decay_mode!r} is not "
+                     f"one of {WEIGHT_DECAY_MODES}")
   return optax.chain(*parts), lr
 
 

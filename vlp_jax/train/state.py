@@ -15,14 +15,21 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # raw uint32[2] key, so checkpoints need no typed-key support
+  # Non-finite steps (train/step.py): how many were skipped in all, how many in a row up
+  # to the last step, and the step that began the current run of them.
+  skipped_nonfinite: jax.Array = None
+  nonfinite_streak: jax.Array = None
+  nonfinite_step: jax.Array = None
 
 
 def _init_fn(family, tx, seed):
   def init():
     batch = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), family.example_batch(1))
     params = family.init(jax.random.PRNGKey(seed), batch)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params),
+                      rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+                      skipped_nonfinite=zero, nonfinite_streak=zero, nonfinite_step=zero)
   return init
 
 

@@ -67,18 +67,50 @@ def loss_and_grads(family, params, batch, rng, mesh, accum):
   return (loss, metrics), grads
 
 
+def guarded_update(state, params, opt_state, finite, freeze):
+  """The state after one step: the update where `finite`, else the old parameters and
+  optimizer state with the step counted as skipped. `freeze` (train.nonfinite=stop): after
+  the first non-finite step no update applies, so the state the loop stops with is the last
+  good one. Either way the step advances, so the input stream and the step's RNG stay where
+  an uninterrupted run would have them.
+
+  No host sync: the loop reads the counters only when it logs or saves anyway.
+  """
+  apply = finite & (state.skipped_nonfinite == 0) if freeze else finite
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  bad = jnp.logical_not(apply).astype(jnp.int32)
+  step = state.step + 1
+  starts = (bad > 0) & (state.nonfinite_streak == 0)
+  return state.replace(
+      step=step, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+      skipped_nonfinite=state.skipped_nonfinite + bad,
+      nonfinite_streak=(state.nonfinite_streak + 1) * bad,
+      nonfinite_step=jnp.where(starts, step, state.nonfinite_step))
+
+
 def make_train_step(family, tx, lr_fn, config, mesh, state_shardings):
-  """The train step: one jax.jit with explicit shardings; the old state is donated."""
+  """The train step: one jax.jit with explicit shardings; the old state is donated.
+
+  A step whose loss, gradient norm or updated parameters are not finite leaves the
+  parameters and optimizer state untouched (guarded_update); config.train.nonfinite says
+  what the loop does about it.
+  """
   accum = config.train.accum_steps
+  constrain = getattr(family, "constrain", lambda p: p)
 
   def step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, metrics), grads = loss_and_grads(family, state.params, batch, rng, mesh, accum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optimizer.global_norm(grads),
-                   param_norm=optimizer.global_norm(params), lr=lr_fn(state.step))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    params = constrain(optax.apply_updates(state.params, updates))
+    grad_norm, param_norm = optimizer.global_norm(grads), optimizer.global_norm(params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+    new_state = guarded_update(state, params, opt_state, finite,
+                               freeze=config.train.nonfinite == "stop")
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
+                   lr=lr_fn(state.step), skipped_nonfinite=new_state.skipped_nonfinite,
+                   nonfinite_streak=new_state.nonfinite_streak,
+                   nonfinite_step=new_state.nonfinite_step)
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
   batch_shardings = jax.tree.map(lambda _: sharding.batch_sharding(mesh),
