@@ -4,8 +4,8 @@ A checkpoint's arrays mean something only together with the fields that say what
 array computes (the activation, causal masking, pooling, the layer layout) and the fields
 that decide which records the saved input position points into. Those fields are stored
 with every checkpoint and compared on restore (train/checkpoint.py). Everything else may
-change between runs: speed and memory settings, the optimizer and schedule (a longer or
-retuned run is the usual reason to resume), evaluation, logging and the mesh.
+change between runs: speed and memory settings, the optimizer, schedule and loss weights
+(a longer or retuned run is the usual reason to resume), evaluation, logging and the mesh.
 
 Left out of `model`, with the reason:
   dtype, remat, remat_policy: compute dtype and rematerialisation; parameters are always
@@ -14,15 +14,18 @@ Left out of `model`, with the reason:
     them.
   logit_scale_max: a clamp applied after each update, a training rule like optim.clip_norm.
 `model.scan` is kept: it stacks each tower's blocks into one array per weight, a
-different parameter layout.
+different parameter layout. Fields the chosen family ignores (CoCa's for CLIP) are kept
+too: a needless refusal costs a flag, a missed change a silently different model.
 
 From `data`, the fields that pick or order the training records: train, tokenizer (token
 ids mean nothing under another vocabulary), holdout_percent (which jsonl records are the
 train split), shuffle_buffer, augment, crop_min_scale, shard_cycle, image_key and text_key.
 Left out: data_dir (where the data lives, not what it is), eval fields, prefetch and
 num_parallel_calls (the pipeline is deterministic), allow_outside_paths (a permission).
-`seed` shuffles the data and seeds the train RNG. train.batch_size is left out: the input
-position counts records, so another batch size reads the same records in the same order.
+`seed` shuffles the data and seeds the train RNG. `train.batch_size` is kept: a host's
+saved input position counts its rows of the global batches, so it points to other records
+under another batch size (train_iterator.global_positions). `train.accum_steps` is left
+out: it splits each global batch for memory and the records stay the same.
 """
 
 import json
@@ -38,6 +41,7 @@ def fingerprint(config):
   fields = {f"model.{k}": v for k, v in config.model.items() if k not in MODEL_EXCLUDED}
   fields.update({f"data.{k}": config.data[k] for k in DATA_FIELDS})
   fields["seed"] = config.seed
+  fields["train.batch_size"] = config.train.batch_size
   # Through JSON so a fresh value compares equal to one read back from a checkpoint.
   return json.loads(json.dumps(dict(sorted(fields.items()))))
 
