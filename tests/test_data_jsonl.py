@@ -1,11 +1,14 @@
-"""jsonl: sources: spec parsing, the stable train/test split and errors that name the culprit."""
+"""jsonl: sources: spec parsing, the stable train/test split, errors that name the culprit,
+image paths confined to the folder."""
 import json
 import os
 
 import pytest
 
+from vlp_jax import config_lib
 from vlp_jax import data
 from vlp_jax.data import scenes
+from vlp_jax.data import sources
 from vlp_jax.data.jsonl_writer import write_jsonl_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,3 +83,50 @@ def test_emoji_noto_test_split():
   assert source.name == "emoji_noto"
   assert 0.07 * 1906 < source.num_records < 0.13 * 1906
   assert not source.missing.any()
+
+
+def test_image_paths_may_not_leave_the_folder(tmp_path):
+  folder = _folder(tmp_path, n=3)
+  index = os.path.join(folder, "captions.jsonl")
+  outside = str(tmp_path / "outside.png")
+  with open(outside, "wb") as f:
+    f.write(scenes.make_scene(0, 1)["png"])
+  for bad in ("../outside.png", "images/../../outside.png", outside):
+    with open(index, "a") as f:
+      f.write(json.dumps({"image": bad, "caption": "escapes"}) + "\n")
+    with pytest.raises(ValueError, match=f"^{index}:4: image path .*allow_outside_paths"):
+      data.get_source("jsonl:" + folder)
+    source = data.get_source("jsonl:" + folder, allow_outside_paths=True)
+    assert source.num_records == 4 and not source.missing.any()
+    lines = open(index).readlines()[:3]
+    with open(index, "w") as f:
+      f.writelines(lines)
+  # The config field reaches the source through sources.from_config.
+  with open(index, "a") as f:
+    f.write(json.dumps({"image": "../outside.png", "caption": "escapes"}) + "\n")
+  c = config_lib.base_config()
+  with pytest.raises(ValueError, match="allow_outside_paths"):
+    sources.from_config("jsonl:" + folder, c.data)
+  c.data.allow_outside_paths = True
+  assert sources.from_config("jsonl:" + folder, c.data).num_records == 4
+  # A '..' that stays inside the folder is fine.
+  with open(index, "w") as f:
+    f.writelines(lines + [json.dumps({"image": "images/../images/000.png",
+                                      "caption": "inside"}) + "\n"])
+  c.data.allow_outside_paths = False
+  assert sources.from_config("jsonl:" + folder, c.data).num_records == 4
+
+
+def test_a_directory_is_not_a_missing_file(tmp_path):
+  folder = _folder(tmp_path, n=3)
+  os.makedirs(os.path.join(folder, "images", "subdir"))
+  with open(os.path.join(folder, "captions.jsonl"), "a") as f:
+    f.write(json.dumps({"image": "images/subdir", "caption": "a folder"}) + "\n")
+    f.write(json.dumps({"image": "images/gone.png", "caption": "missing"}) + "\n")
+  c = config_lib.base_config()
+  c.model.image_size, c.model.context_length = 16, 8
+  tok = data.Tokenizer(data.train_tokenizer(["caption 0 1 2"] * 5, 16,
+                                            str(tmp_path / "t.model")), 8)
+  ev = data.load_eval_set("jsonl:" + folder, c, tok)
+  assert len(ev.captions) == 3
+  assert {k: v for k, v in ev.skipped.items() if v} == {"not_a_file": 1, "missing_file": 1}

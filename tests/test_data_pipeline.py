@@ -1,4 +1,6 @@
-"""TrainIterator and eval sets on small jsonl folders: bad records, exact resume, sharding."""
+"""TrainIterator and eval sets on small jsonl folders: bad records, exact resume, sharding,
+the global shuffle."""
+import collections
 import io
 import json
 import os
@@ -145,7 +147,7 @@ def test_exact_resume(bad_set, augment):
   config = _config(folder, augment=augment, crop_min_scale=0.3)
   full, positions = _batches(config, tok, 8)
   epoch = len(BAD) + 12
-  assert positions[2] < epoch < positions[4]  # resumes below start before and after epoch 1
+  assert positions[0] < epoch <= positions[3]  # resumes below: before epoch 1 and in it
   for k in (1, 3, 4):
     resumed, _ = _batches(config, tok, 8 - k, position=positions[k - 1])
     for a, b in zip(resumed, full[k:]):
@@ -199,3 +201,62 @@ def test_emoji_noto_eval_split(bad_set):
   assert 0.07 * 1906 < len(ev.captions) < 0.13 * 1906
   assert sum(ev.skipped.values()) == 0
   assert np.isfinite(ev.images).all()
+
+
+def _grouped(folder, images, per_image=5):
+  """A jsonl folder listing each image's `per_image` captions on consecutive lines (COCO)."""
+  os.makedirs(os.path.join(folder, "images"))
+  with open(os.path.join(folder, "captions.jsonl"), "w") as index:
+    for g in range(images):
+      with open(os.path.join(folder, "images", f"{g}.png"), "wb") as f:
+        f.write(scenes.make_scene(9, g)["png"])
+      for j in range(per_image):
+        index.write(json.dumps({"image": f"images/{g}.png", "caption": f"{WORDS[j]} {g}"}) + "\n")
+  return folder
+
+
+def _global_batches(config, tok, count, hosts, interleave):
+  """`count` global batches (keys, images) assembled from `hosts` simulated processes, each
+  feeding its rows: contiguous blocks, or every hosts-th row (as a TPU mesh may assign)."""
+  b = config.train.batch_size
+  keys = [[None] * b for _ in range(count)]
+  images = np.zeros((count, b, 16, 16, 3), np.float32)
+  for host in range(hosts):
+    rows = np.arange(host, b, hosts) if interleave else None
+    it = data.TrainIterator(config, tok, process_index=host, process_count=hosts, rows=rows)
+    rows = it.rows
+    for j in range(count):
+      images[j, rows] = next(it)["image"]
+      for row, key in zip(rows, it.keys):
+        keys[j][row] = key
+  return keys, images
+
+
+def test_same_image_captions_spread_like_a_random_permutation(tmp_path):
+  """Five consecutive lines per image: a global batch holds no more same-image pairs than a
+  uniformly random permutation would (per-host shuffles gave runs of adjacent lines)."""
+  n, batch, hosts, count = 400, 32, 4, 10
+  config = _config(_grouped(str(tmp_path / "grouped"), n // 5), batch_size=batch)
+  tok = data.Tokenizer(data.train_tokenizer([f"{w} {g}" for w in WORDS for g in range(80)],
+                                            128, str(tmp_path / "t.model")), 8)
+  expected = batch * (batch - 1) / 2 * 4 / (n - 1)  # pairs x P(same image) = 4 / (N - 1)
+  keys, _ = _global_batches(config, tok, count, hosts, interleave=False)
+  pairs = [sum(c * (c - 1) // 2 for c in collections.Counter(k).values()) for k in keys]
+  assert np.mean(pairs) <= 2 * expected + 1, (pairs, expected)
+  # 320 positions of epoch 0: no line twice, so no image more than five times.
+  assert max(collections.Counter(k for ks in keys for k in ks).values()) <= 5
+
+
+def test_hosts_assemble_the_one_process_batches(tmp_path):
+  """Hosts feeding their rows (any row assignment) give exactly one process's batches, crops
+  included: records and crop seeds come from the global stream position."""
+  folder = _write(str(tmp_path / "clean"), good=40)
+  config = _config(folder, batch_size=8, augment="crop", crop_min_scale=0.3)
+  tok = data.Tokenizer(data.train_tokenizer([_good_caption(i) for i in range(40)], 64,
+                                            str(tmp_path / "t.model")), 8)
+  one, one_images = _global_batches(config, tok, 7, 1, False)  # 1.4 epochs
+  assert len({k for ks in one[:5] for k in ks}) == 40
+  for interleave in (False, True):
+    keys, images = _global_batches(config, tok, 7, 2, interleave)
+    assert keys == one
+    np.testing.assert_array_equal(images, one_images)

@@ -6,11 +6,14 @@ or blow up memory. What these checks miss fails in decoding and is counted as de
 """
 from vlp_jax.data.tf_setup import tf
 
-# Reason codes: a record's `reason` is 0 when it passes, else 1 + its index here. The last
-# three come from the source itself (its `flaw` field): a sample without caption, a tar shard
-# cut short (its remaining samples are lost), a shard with no readable sample at all.
-REASONS = ("missing_file", "empty_file", "not_an_image", "truncated", "too_large",
-           "empty_caption", "bad_utf8", "missing_caption", "truncated_tar", "bad_shard")
+# Reason codes: a record's `reason` is 0 when it passes, else 1 + its index here. Some come
+# from the source itself (its `flaw` field): a jsonl image path that names a directory or
+# other non-file (not_a_file: reading it would fail or block), and the last three: a sample
+# without caption, a tar shard cut short (its remaining samples are lost), a shard with no
+# readable sample at all.
+REASONS = ("missing_file", "not_a_file", "empty_file", "not_an_image", "truncated",
+           "too_large", "empty_caption", "bad_utf8", "missing_caption", "truncated_tar",
+           "bad_shard")
 DECODE_ERROR = "decode_error"  # inferred after decoding, from gaps in the stream index
 ALL_REASONS = REASONS + (DECODE_ERROR,)
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit

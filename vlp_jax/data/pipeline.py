@@ -48,8 +48,9 @@ class SkipLog:
 
 def _count_checks(epoch_size):
   """Scan function: cumulative counts per check reason, the latest failure, and whether the
-  stream is dead: `epoch_size` records in a row failed (when the size is known, > 0), or a
-  run of failures spans a whole epoch (records carry their `epoch`)."""
+  stream is dead: `epoch_size` records in a row failed (when the size is known, > 0), else a
+  run of failures spans a whole epoch (records carry their `epoch`). With a known size the
+  epoch test is not used: a host of several sees only its share of each global epoch."""
   num = len(checks.REASONS)
 
   def scan(state, record):
@@ -60,8 +61,10 @@ def _count_checks(epoch_size):
     epoch = tf.cast(record["epoch"], tf.int64)
     run_epoch = tf.where(bad & (run == 0), epoch, run_epoch)
     run = tf.where(bad, run + 1, 0)
-    dead = run >= epoch_size if epoch_size > 0 else tf.constant(False)
-    dead |= bad & (epoch >= run_epoch + 2)
+    if epoch_size > 0:
+      dead = run >= epoch_size
+    else:
+      dead = bad & (epoch >= run_epoch + 2)
     origin = record.get("origin", record["path"])
     last = tuple(tf.where(bad, new, old) for new, old in
                  zip((tf.cast(reason, tf.int64), record["key"], origin), last))
@@ -111,6 +114,8 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
   Output elements (unbatched): image float32 [S, S, 3], caption (valid UTF-8 bytes), key,
   index, counts, and any label_* fields of the source. `index` is the record's resumable
   stream position, which need not be dense; skips are counted on a dense sequence number.
+  Random crops are seeded by a record's `draw` (default: its `index`), which the training
+  iterator makes the same for a record however many hosts read the stream.
   The stream ends when failures run for `epoch_size` records (0: unknown) or a whole epoch
   (a source with nothing usable would otherwise spin forever).
   """
@@ -122,7 +127,7 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
   ds = ds.filter(lambda r: r["reason"] == 0)
 
   def prepare(record):
-    crop_seed = tf.stack([tf.constant(seed, tf.int64), record["index"]])
+    crop_seed = tf.stack([tf.constant(seed, tf.int64), record.get("draw", record["index"])])
     image = preprocess.preprocess(record["image"], image_size, augment, crop_min_scale,
                                   crop_seed)
     out = dict(image=image, caption=record["caption"], key=record["key"],

@@ -1,14 +1,19 @@
 """Data sources named by spec strings: a deterministic, finite, shardable list of raw records.
 
 A raw record is a dict of tensors: `key` (string), `image` (encoded bytes, or empty when read
-from `path`), `path` (file to read, or empty), `missing` (bool: the file does not exist),
-`caption` (raw bytes, not yet validated) and `label_<task>` (int32, -1 = no label) per
-zero-shot task. Records are cheap (no file I/O), so resuming can skip them before any reading.
+from `path`), `path` (file to read, or empty), `missing` (bool: no file to read), optionally
+`flaw` (int32 checks code the source already knows, 0 = none), `caption` (raw bytes, not yet
+validated) and `label_<task>` (int32, -1 = no label) per zero-shot task. Records are cheap
+(no file I/O), so resuming can skip them before any reading.
+
+Sources whose raw records fit in host memory (jsonl, builtin) also offer `arrays()`: every
+record's fields as numpy arrays, for random access (the training iterator's global shuffle).
 """
 import dataclasses
 import hashlib
 import json
 import os
+import stat
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -43,7 +48,8 @@ def shard_size(total, index, count):
 
 
 class BuiltinShapes:
-  """`builtin:shapes:<split>`: the procedurally generated TFDS set `vlp_shapes`."""
+  """`builtin:shapes:<split>`: the procedurally generated TFDS set `vlp_shapes`; small, so
+  training holds its encoded records in memory (`arrays`) and shuffles them globally."""
 
   name = "shapes"
 
@@ -69,10 +75,26 @@ class BuiltinShapes:
       return record
     return self._read().shard(count, index).map(convert)
 
+  def arrays(self):
+    """Every raw record in memory (the encoded PNGs are small): random access for training."""
+    if getattr(self, "_arrays", None) is None:
+      self._arrays = stack_records(self.records())
+    return self._arrays
+
   def captions(self):
     ds = self.builder.as_dataset(split=self.split, shuffle_files=False,
                                  decoders={"image": tfds.decode.SkipDecoding()})
     return [ex["caption"].decode("utf-8") for ex in tfds.as_numpy(ds)]
+
+
+def stack_records(ds):
+  """field -> numpy array over all records of a dataset of scalar-field records."""
+  columns = {}
+  for record in ds.as_numpy_iterator():
+    for name, value in record.items():
+      columns.setdefault(name, []).append(value)
+  return {name: np.array(values, dtype=object if isinstance(values[0], bytes) else None)
+          for name, values in columns.items()}
 
 
 def _split_of(image_path, holdout_percent):
@@ -81,9 +103,17 @@ def _split_of(image_path, holdout_percent):
   return "test" if int.from_bytes(digest[:8], "big") % 100 < holdout_percent else "train"
 
 
-def _parse_jsonl(path):
+def _escapes(image):
+  """Whether a relative image path leaves its folder (absolute, or up through '..')."""
+  if os.path.isabs(image) or os.path.splitdrive(image)[0]:
+    return True
+  return os.path.normpath(image).split(os.sep)[0] == os.pardir
+
+
+def _parse_jsonl(path, allow_outside_paths=False):
   """[(image, caption bytes, label or None)] of a captions.jsonl; undecodable bytes survive
-  for the pipeline."""
+  for the pipeline. Image paths that leave the folder are an error unless allowed: a shared
+  data folder must not make training read (and log) arbitrary files."""
   items = []
   with open(path, "rb") as f:
     for number, raw in enumerate(f, 1):
@@ -102,6 +132,9 @@ def _parse_jsonl(path):
       label = obj.get("label")
       if label is not None and not isinstance(label, str):
         raise ValueError(f"{path}:{number}: field 'label' is not a string")
+      if not allow_outside_paths and _escapes(obj["image"]):
+        raise ValueError(f"{path}:{number}: image path {obj['image']!r} leaves the folder; "
+                         f"set config.data.allow_outside_paths=True to allow it")
       items.append((obj["image"], obj["caption"].encode("utf-8", "surrogateescape"), label))
   if not items:
     raise ValueError(f"{path} has no records")
@@ -110,9 +143,20 @@ def _parse_jsonl(path):
 
 def _usable(path):
   try:
-    return os.path.getsize(path) > 0 and os.access(path, os.R_OK)
+    return (os.path.isfile(path) and os.path.getsize(path) > 0 and
+            os.access(path, os.R_OK))
   except OSError:
     return False
+
+
+def _file_flaw(path):
+  """0 for a regular file, else the skip code: missing_file, or not_a_file for a directory
+  (or fifo, device...), which would fail or hang if read."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError:
+    return checks.REASONS.index("missing_file") + 1
+  return 0 if stat.S_ISREG(mode) else checks.REASONS.index("not_a_file") + 1
 
 
 class JsonlFolder:
@@ -122,13 +166,14 @@ class JsonlFolder:
   `classify` (then captions name the classes of lines without a label).
   """
 
-  def __init__(self, folder, split=None, holdout_percent=10, classify=False, templates=()):
+  def __init__(self, folder, split=None, holdout_percent=10, classify=False, templates=(),
+               allow_outside_paths=False):
     if not os.path.isdir(folder):
       raise ValueError(f"jsonl data folder {folder!r} does not exist")
     index_path = os.path.join(folder, "captions.jsonl")
     if not os.path.isfile(index_path):
       raise ValueError(f"jsonl data folder {folder!r} has no captions.jsonl")
-    items = _parse_jsonl(index_path)
+    items = _parse_jsonl(index_path, allow_outside_paths)
     if split is not None:
       items = [it for it in items if _split_of(it[0], holdout_percent) == split]
       if not items:
@@ -146,23 +191,28 @@ class JsonlFolder:
     self.keys = [image for image, _, _ in items]
     self.paths = [os.path.join(folder, image) for image in self.keys]
     self.raw_captions = [caption for _, caption, _ in items]
-    self.missing = np.array([not os.path.isfile(p) for p in self.paths])
+    self.flaws = np.array([_file_flaw(p) for p in self.paths], np.int32)
+    self.missing = self.flaws > 0  # nothing to read; `flaws` says why
     if not any(_usable(p) for p in self.paths):
       raise ValueError(f"{index_path}: no image file of this source can be read; "
                        f"the first is {self.paths[0]!r}")
     self.num_records = len(items)
 
-  def records(self, index=0, count=1):
-    sl = slice(index, None, count)
-    n = len(self.keys[sl])
+  def arrays(self):
+    """Every raw record's fields (the index is in memory): random access for training."""
     fields = dict(
-        key=tf.constant(self.keys[sl], tf.string),
-        image=tf.constant([b""] * n, tf.string),
-        path=tf.constant(self.paths[sl], tf.string),
-        missing=tf.constant(self.missing[sl], tf.bool),
-        caption=tf.constant(self.raw_captions[sl], tf.string))
+        key=np.array(self.keys, object),
+        image=np.full(self.num_records, b"", object),
+        path=np.array(self.paths, object),
+        missing=self.missing,
+        flaw=self.flaws,
+        caption=np.array(self.raw_captions, object))
     if self.labels is not None:
-      fields["label_label"] = tf.constant(self.labels[sl], tf.int32)
+      fields["label_label"] = self.labels
+    return fields
+
+  def records(self, index=0, count=1):
+    fields = {name: value[index::count] for name, value in self.arrays().items()}
     return tf.data.Dataset.from_tensor_slices(fields)
 
   def captions(self):
@@ -171,10 +221,12 @@ class JsonlFolder:
 
 
 def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4, image_key="",
-               text_key="", label_key="", zeroshot_templates="short"):
+               text_key="", label_key="", zeroshot_templates="short",
+               allow_outside_paths=False):
   """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH[:SPLIT], wds:PATTERN,
   tfds:NAME[/CONFIG][:VERSION]:SPLIT; `zeroshot:` before a jsonl or tfds spec makes it a
-  zero-shot classification set (classes from labels, else captions)."""
+  zero-shot classification set (classes from labels, else captions). `allow_outside_paths`:
+  jsonl image paths may leave their folder."""
   classify = spec.startswith("zeroshot:")
   inner = spec[len("zeroshot:"):] if classify else spec
   kind, _, rest = inner.partition(":")
@@ -209,7 +261,8 @@ def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4, image_key="
   if not path:
     raise ValueError(f"Data spec {spec!r} names no folder; expected jsonl:PATH[:train|:test]")
   from vlp_jax.data import templates  # pylint: disable=g-import-not-at-top
-  return JsonlFolder(path, split, holdout_percent, classify, templates.get(zeroshot_templates))
+  return JsonlFolder(path, split, holdout_percent, classify, templates.get(zeroshot_templates),
+                     allow_outside_paths)
 
 
 def from_config(spec, data_config):
@@ -217,4 +270,5 @@ def from_config(spec, data_config):
   d = data_config
   return get_source(spec, d.holdout_percent, d.data_dir, shard_cycle=d.shard_cycle,
                     image_key=d.image_key, text_key=d.text_key, label_key=d.label_key,
-                    zeroshot_templates=d.zeroshot_templates)
+                    zeroshot_templates=d.zeroshot_templates,
+                    allow_outside_paths=d.get("allow_outside_paths", False))

@@ -8,6 +8,12 @@ ClassLabel. Several captions: training draws one per visit (train_iterator.pick_
 evaluation keeps all of them for retrieval. A ClassLabel gives a zero-shot task whose
 class names are the label's names. Data sets are never downloaded here: prepare them with
 `tfds build NAME --data_dir=DIR` and set config.data.data_dir.
+
+Training order: TFDS's TFRecord files have no random access, so there is no global shuffle
+here (unlike jsonl: and builtin:); each host reads an even, contiguous part of the split
+(tfds.even_splits) through a `data.shuffle_buffer` reseeded per epoch, and the training
+iterator says so in a warning. A sorted split (e.g. by class, or an image's captions in a
+row) then gives correlated batches unless the buffer is large.
 """
 import tensorflow_datasets as tfds
 

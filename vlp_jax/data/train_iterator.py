@@ -1,19 +1,35 @@
-"""Infinite, exactly resumable, per-host training batches.
+"""Infinite, exactly resumable training batches: this host's rows of every global batch.
 
-The host's raw-record stream is a deterministic sequence over epochs. Sources with a known
-size (jsonl, builtin, tfds): epoch e is this host's records in an order shuffled with a
-seed from (config.seed, e), and `position` counts raw records consumed, so resuming skips
-that many cheap records. Streamed sources (wds) define their own order and position (see
-webdataset.py). Either way a resumed iterator yields exactly the batches an uninterrupted
-one would have.
+Sources held in memory (jsonl, builtin:shapes; `arrays()`) are shuffled globally: epoch e
+is one permutation of all N records, seeded by (config.seed, e) and computed per index
+(tf.random.experimental.index_shuffle, nothing materialised). Global stream position
+p = e * N + k is record perm_e(k); global batch j is positions [j * B, (j + 1) * B), and
+this host's stream is, for j = 0, 1, ..., the positions of its `rows` of batch j
+(`data.shuffle_buffer` <= 1 keeps source order, for debugging). Records
+that fail the checks are skipped and the host takes the next position of its own stream,
+so hosts never read the same position, and `position` (this host's stream position) resumes
+exactly. With no skips, the hosts' rows assemble to exactly the batches one process would
+read, whatever the number of processes.
+
+Sources without random access keep per-host reading (logged once as a warning): tfds:
+(TFRecord files) reads an even part of the split per host through a `data.shuffle_buffer`
+per epoch; wds: streams its own shard order (webdataset.py). Position counts this host's
+raw records there.
+
+Random crops and caption draws are seeded by a record's global position (`draw`), so no two
+hosts draw the same crop and a run draws the same crops on any number of processes; for the
+per-host sources, by (host stream position, host).
 """
+from absl import logging
+import numpy as np
 
 from vlp_jax.data import checks
 from vlp_jax.data import pipeline
 from vlp_jax.data import sources
 from vlp_jax.data.tf_setup import tf
 
-_EPOCHS = 2**40  # "forever"; epoch indices stay far from int64 overflow
+_POSITIONS = 2**40  # "forever"; positions and epochs stay far from int64 overflow
+_WARNED = set()
 
 
 def epoch_seed(seed, epoch):
@@ -22,29 +38,83 @@ def epoch_seed(seed, epoch):
 
 
 def pick_caption(record, seed):
-  """One of a record's several `captions`, drawn anew for every stream index."""
+  """One of a record's several `captions`, drawn anew for every visit (`draw`)."""
   if "captions" not in record:
     return record
   record = dict(record)
   captions = record.pop("captions")
+  visit = record.get("draw", record["index"])
   draw = tf.random.stateless_uniform(
-      [], seed=tf.stack([tf.constant(seed % 2**31, tf.int64), record["index"]]),
+      [], seed=tf.stack([tf.constant(seed % 2**31, tf.int64), visit]),
       maxval=tf.maximum(tf.size(captions), 1), dtype=tf.int32)
   record["caption"] = tf.concat([captions, [""]], 0)[draw]
   return record
 
 
-def record_stream(source, *, seed, shuffle_buffer, position, process_index, process_count):
-  """Raw records from stream position `position` on, each with `index` and `epoch`; and
-  the epoch size (0 when the source does not know it)."""
+def global_positions(position, rows, global_batch):
+  """Global stream positions of this host's stream positions `position`, ... (int64 tensor
+  in, int64 tensor out): position q is row rows[q % b] of global batch q // b."""
+  rows = tf.constant(np.asarray(rows, np.int64))
+  b = int(rows.shape[0])
+  return position // b * global_batch + tf.gather(rows, position % b)
+
+
+def shuffled_index(p, num_records, seed, shuffle=True):
+  """(record index, epoch) of global stream position `p`: epoch p // N, permuted per epoch
+  (source order when not `shuffle`)."""
+  epoch, k = p // num_records, p % num_records
+  if not shuffle:
+    return k, epoch
+  key = tf.stack([tf.constant(seed % 2**31, tf.int64), epoch])
+  return tf.random.experimental.index_shuffle(
+      k, key, tf.constant(num_records - 1, tf.int64)), epoch
+
+
+def global_stream(arrays, num_records, *, seed, position, rows, global_batch, shuffle=True):
+  """Raw records of this host's stream from `position` on: the global shuffle (see module
+  docstring). Each record has `index` (host stream position), `epoch` and `draw` (global
+  stream position)."""
+  columns = {name: tf.constant(value) for name, value in arrays.items()}
+
+  def lookup(q):
+    p = global_positions(q, rows, global_batch)
+    i, epoch = shuffled_index(p, num_records, seed, shuffle)
+    record = {name: tf.gather(column, i) for name, column in columns.items()}
+    return dict(record, index=q, epoch=epoch, draw=p)
+
+  return tf.data.Dataset.range(position, _POSITIONS).map(lookup)
+
+
+def _warn_per_host(source, what, log=logging.warning):
+  """Once per source and process: this source's batches are not a global shuffle."""
+  if source.name not in _WARNED:
+    _WARNED.add(source.name)
+    log("Data source %s has no random access: each host reads %s; batches are not a global "
+        "shuffle of the data set", source.name, what)
+
+
+def record_stream(source, *, seed, shuffle_buffer, position, process_index, process_count,
+                  rows=None, global_batch=None):
+  """Raw records from this host's stream position `position` on, each with `index`,
+  `epoch` and `draw`; and the epoch size for the dead-stream test (0: unknown)."""
+  if hasattr(source, "arrays"):
+    if rows is None:
+      global_batch = global_batch or process_count
+      rows = host_rows(global_batch, process_index, process_count, None)
+    stream = global_stream(source.arrays(), source.num_records, seed=seed, position=position,
+                           rows=rows, global_batch=global_batch, shuffle=shuffle_buffer > 1)
+    return stream, source.num_records
+  # Per-host streams: a host's own position, made distinct across hosts, seeds the draws.
+  own = lambda r: dict(r, draw=r["index"] * process_count + process_index)
   if hasattr(source, "stream"):
+    _warn_per_host(source, "its own shards (i::hosts) in its own order, through "
+                           "data.shuffle_buffer", logging.info)  # streaming is wds's design
     stream = source.stream(seed=seed, shuffle_buffer=shuffle_buffer, position=position,
                            process_index=process_index, process_count=process_count)
-    return stream.map(lambda r: pick_caption(r, seed)), 0
-  if hasattr(source, "host_size"):
-    epoch_size = source.host_size(process_index, process_count)
-  else:
-    epoch_size = sources.shard_size(source.num_records, process_index, process_count)
+    return stream.map(lambda r: pick_caption(own(r), seed)), 0
+  _warn_per_host(source, "an even part of the split, shuffled per epoch through "
+                         "data.shuffle_buffer")
+  epoch_size = source.host_size(process_index, process_count)
   if epoch_size == 0:
     raise ValueError(f"Data source {source.name!r} has {source.num_records} records, too few "
                      f"for host {process_index} of {process_count}")
@@ -55,26 +125,43 @@ def record_stream(source, *, seed, shuffle_buffer, position, process_index, proc
     ds = records.shuffle(max(1, shuffle_buffer), seed=epoch_seed(seed, e),
                          reshuffle_each_iteration=False)
     return ds.enumerate().map(
-        lambda pos, r: pick_caption(dict(r, index=e * epoch_size + pos, epoch=e), seed))
+        lambda pos, r: pick_caption(own(dict(r, index=e * epoch_size + pos, epoch=e)), seed))
 
-  stream = tf.data.Dataset.range(start_epoch, _EPOCHS).flat_map(epoch).skip(offset)
+  stream = tf.data.Dataset.range(start_epoch, _POSITIONS).flat_map(epoch).skip(offset)
   return stream, epoch_size
+
+
+def host_rows(batch_size, process_index, process_count, rows):
+  """This host's rows of each global batch, validated; None: its contiguous block."""
+  if batch_size % process_count:
+    raise ValueError(f"config.train.batch_size={batch_size} is not divisible by the number "
+                     f"of processes ({process_count})")
+  if rows is None:
+    b = batch_size // process_count
+    return np.arange(process_index * b, (process_index + 1) * b, dtype=np.int64)
+  rows = np.asarray(rows, np.int64)
+  if (rows.ndim != 1 or not rows.size or rows[0] < 0 or rows[-1] >= batch_size
+      or (np.diff(rows) <= 0).any()):
+    raise ValueError(f"TrainIterator rows={rows.tolist()} must be ascending distinct rows of "
+                     f"a global batch of config.train.batch_size={batch_size}")
+  return rows
 
 
 class TrainIterator:
   """Yields dict(image=float32 [b, S, S, 3], tokens=int32 [b, L]) for this host, forever.
 
-  `position`: this host's stream position after the last batch returned (for the
-  checkpoint). `skipped`: reason -> records skipped on this host since this iterator was
-  created. `keys`: the source keys of the last batch's records.
+  `rows`: this process's rows of each global batch of config.train.batch_size, ascending
+  (sharding.process_rows); None: rows [i * b, (i + 1) * b) of process i, b = batch_size //
+  process_count. `position`: this host's stream position after the last batch returned
+  (for the checkpoint, per host). `skipped`: reason -> records skipped on this host since
+  this iterator was created. `keys`: the source keys of the last batch's records, in row
+  order.
   """
 
-  def __init__(self, config, tok, position=0, process_index=0, process_count=1):
+  def __init__(self, config, tok, position=0, process_index=0, process_count=1, rows=None):
     d = config.data
-    if config.train.batch_size % process_count:
-      raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible "
-                       f"by the number of processes ({process_count})")
-    self.batch_size = config.train.batch_size // process_count
+    self.rows = host_rows(config.train.batch_size, process_index, process_count, rows)
+    self.batch_size = len(self.rows)
     self.position = int(position)
     self.skipped = {reason: 0 for reason in checks.ALL_REASONS}
     self.keys = []
@@ -82,7 +169,8 @@ class TrainIterator:
     self.source = sources.from_config(d.train, d)
     stream, epoch_size = record_stream(
         self.source, seed=config.seed, shuffle_buffer=d.shuffle_buffer, position=self.position,
-        process_index=process_index, process_count=process_count)
+        process_index=process_index, process_count=process_count, rows=self.rows,
+        global_batch=config.train.batch_size)
     ds = pipeline.process(
         stream, image_size=config.model.image_size, augment=d.augment,
         crop_min_scale=d.crop_min_scale, seed=config.seed,

@@ -10,7 +10,8 @@ a seed from (config.seed, epoch) and reads them in groups of `shard_cycle`; a gr
 are interleaved sample by sample (file order within a shard) and pass a shuffle buffer
 seeded per group and emptied at the group's end. A record's stream index is
 `block * 2**32 + offset` (block = epoch * groups + group), so resuming re-reads only the
-current group, never the shards before it.
+current group, never the shards before it. There is no global shuffle across hosts (a
+streamed source has no random access): a batch mixes only what the hosts' buffers hold.
 """
 import os
 import re
