@@ -14,7 +14,9 @@ from tests.helpers import tiny_config
 from vlp_jax import data
 from vlp_jax.data import jsonl_writer
 from vlp_jax.data import scenes
+from vlp_jax.data import sources
 from vlp_jax.data import templates
+from vlp_jax.data import train_iterator
 from vlp_jax.evaluate import metrics
 
 COLORS = ["red", "green", "blue"]
@@ -170,3 +172,20 @@ def test_errors_name_the_culprit(data_dir, tmp_path):
     data.get_source("tfds:tiny_captions", data_dir=data_dir)
   with pytest.raises(ValueError, match="zeroshot_templates"):
     data.get_source("tfds:tiny_classes:val", data_dir=data_dir, zeroshot_templates="many")
+
+
+def test_per_host_reading_is_logged_and_draws_differ_between_hosts(data_dir, caplog,
+                                                                   monkeypatch):
+  """TFRecord sets have no random access: each host reads its part (said once in a warning);
+  the crop and caption draws of its k-th record still differ from other hosts'."""
+  monkeypatch.setattr(train_iterator, "_WARNED", set())
+  config = _config("tfds:tiny_captions:train", data_dir)
+  source = sources.from_config(config.data.train, config.data)
+  draws = []
+  for host in range(2):
+    stream, _ = train_iterator.record_stream(
+        source, seed=0, shuffle_buffer=8, position=0, process_index=host, process_count=2)
+    draws.append({int(r["draw"]) for r in stream.take(12).as_numpy_iterator()})
+  assert len(draws[0]) == len(draws[1]) == 12 and not draws[0] & draws[1]
+  warnings = [r for r in caplog.records if "has no random access" in r.getMessage()]
+  assert len(warnings) == 1 and "tiny_captions" in warnings[0].getMessage()
