@@ -36,6 +36,8 @@ def test_train_then_caption(tmp_path):
   assert all(isinstance(r["caption"], str) for r in rows)
 
   images = os.path.join(folder, "images")
+  with open(os.path.join(images, "zz_corrupt.png"), "wb") as f:
+    f.write(b"not an image")  # skipped (a masked position), not fatal
   result = main.run(c, "caption", workdir, caption_data=images)
   assert result["caption/images/examples"] == 40
   json.dumps(result)

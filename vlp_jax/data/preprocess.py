@@ -6,6 +6,8 @@ chroma upsampling along the window's edge, ~0.1% of pixels), and
 the antialiasing filter, costly at 224px, runs only where the downscale exceeds 2x (below
 that, bilinear sampling already averages every source pixel).
 """
+import numpy as np
+
 from vlp_jax.data.tf_setup import tf
 
 # OpenAI CLIP's normalisation, so pretrained towers and ours see the same input statistics.
@@ -13,6 +15,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ASPECT_RANGE = (3 / 4, 4 / 3)
 ANTIALIAS_ABOVE = 2.0  # downscale factor above which resizing antialiases
+EVAL_RESIZE = ("crop", "squash")  # config.data.eval_resize
 
 
 def decode(image_bytes):
@@ -69,11 +72,50 @@ def resize(image, size):
                  lambda: tf.image.resize(image, [size, size]))
 
 
+def resize_crop(image, size):
+  """CLIP's evaluation protocol: the shorter side resized to `size` (the longer one as
+  torchvision's Resize, truncated), then the centre `size` x `size` crop. Aspect ratios are
+  kept, so zero-shot figures compare with published ones."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  factor = tf.reduce_min(shape) / size
+  new = tf.maximum(tf.cast(shape / factor, tf.int32), size)
+  image = tf.cond(factor > ANTIALIAS_ABOVE,
+                  lambda: tf.image.resize(image, new, antialias=True),
+                  lambda: tf.image.resize(image, new))
+  top, left = (new[0] - size) // 2, (new[1] - size) // 2
+  return tf.slice(image, tf.stack([top, left, 0]), [size, size, 3])
+
+
+def eval_image(image_bytes, size, resize_mode="crop"):
+  """uint8 [size, size, 3] for evaluation: a quarter of float32's host memory; normalised
+  on device (normalize_on_device). resize_mode: crop (CLIP) or squash (aspect ignored)."""
+  image = decode(image_bytes)
+  if resize_mode == "crop":
+    image = resize_crop(image, size)
+  elif resize_mode == "squash":
+    image = resize(image, size)
+  else:
+    raise ValueError(f"Config field 'data.eval_resize': {resize_mode!r} is not one of "
+                     f"{EVAL_RESIZE}")
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _scale_offset():
+  scale = np.array([1 / (255 * s) for s in CLIP_STD], np.float32)
+  offset = np.array([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)], np.float32)
+  return scale, offset
+
+
 def normalize(image):
   """(x / 255 - mean) / std as one multiply-add."""
-  scale = tf.constant([1 / (255 * s) for s in CLIP_STD])
-  offset = tf.constant([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
+  scale, offset = _scale_offset()
   return tf.cast(image, tf.float32) * scale + offset
+
+
+def normalize_on_device(images):
+  """`normalize` of uint8 images inside a jitted function (jax arrays or tracers)."""
+  scale, offset = _scale_offset()
+  return images.astype(np.float32) * scale + offset
 
 
 def preprocess(image_bytes, size, augment="none", min_scale=1.0, seed=None):

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from vlp_jax import config_lib, data
-from vlp_jax.data import preprocess
+from vlp_jax.data import eval_set, preprocess
 from vlp_jax.data.tf_setup import tf
 from vlp_jax.evaluate import caption_metrics, runner
 from vlp_jax.parallel import sharding
@@ -32,35 +32,34 @@ class Captioner(runner.Encoder):
     options = dict(method=decode.method, beam_size=decode.beam_size,
                    alpha=decode.length_penalty, temperature=decode.temperature,
                    top_k=decode.top_k, top_p=decode.top_p, max_len=decode.max_length)
-    self._caption = jax.jit(lambda params, images: family.caption(params, images, rng, **options),
-                            in_shardings=(None, sharding.batch_sharding(mesh)),
-                            out_shardings=sharding.replicated(mesh))
+    self._caption = jax.jit(
+        lambda params, images: family.caption(params, preprocess.normalize_on_device(images),
+                                              rng, **options),
+        in_shardings=(None, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh))
 
-  def captions(self, params, images):
-    return self._run(self._caption, params, images)
+  def captions(self, params, ev):
+    """Caption tokens of the usable images of an EvalSet (decoded across hosts)."""
+    return self._run_images(self._caption, params, ev)
 
 
-def image_folder(path, image_size):
-  """(name, images, keys, references=None) of the image files in a folder, sorted by name;
-  unreadable ones are logged and skipped."""
-  names = sorted(f for f in tf.io.gfile.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
-  images, keys = [], []
-  for name in names:
-    try:
-      with tf.io.gfile.GFile(os.path.join(path, name), "rb") as f:
-        images.append(preprocess.preprocess(f.read(), image_size).numpy())
-      keys.append(name)
-    except tf.errors.InvalidArgumentError as e:
-      logging.warning("skipping %s: %s", name, str(e).splitlines()[0])
-  if not images:
-    raise ValueError(f"--caption_data={path!r}: no readable image file ({', '.join(IMAGE_SUFFIXES)})")
-  return os.path.basename(os.path.normpath(path)), np.stack(images), keys, None
+def image_folder(path, config, mesh=None):
+  """(name, EvalSet, keys, references=None) of the image files in a folder, sorted by name,
+  decoded across hosts as evaluation sets are; unreadable ones are logged and skipped."""
+  source = eval_set.FolderSource(path, IMAGE_SUFFIXES)
+  layout = None if mesh is None else eval_set.make_layout(mesh, config.eval.batch_size)
+  try:
+    ev = eval_set.from_source(source, config, None, layout)
+  except ValueError as e:
+    raise ValueError(f"--caption_data={path!r}: no readable image file "
+                     f"({', '.join(IMAGE_SUFFIXES)})") from e
+  return ev.name, ev, ev.keys, None
 
 
 def references(ev):
   """The true captions of each image of an EvalSet."""
   owner = np.arange(len(ev.captions)) if ev.text_image is None else ev.text_image
-  refs = [[] for _ in range(len(ev.images))]
+  refs = [[] for _ in range(ev.num_images)]
   for caption, i in zip(ev.captions, owner):
     refs[i].append(caption)
   return refs
@@ -70,8 +69,8 @@ def eval_set_input(spec, s):
   """(name, images, keys, references per image) of an evaluation data spec."""
   c = s.config
   ev = data.load_eval_set(spec, c, s.tokenizer, data_dir=c.data.data_dir,
-                          holdout_percent=c.data.holdout_percent)
-  return ev.name, ev.images, list(range(len(ev.images))), references(ev)
+                          holdout_percent=c.data.holdout_percent, mesh=s.mesh)
+  return ev.name, ev, list(range(ev.num_images)), references(ev)
 
 
 def evaluate_sets(family, mesh, params, tokenizer, eval_sets, config):
@@ -80,7 +79,7 @@ def evaluate_sets(family, mesh, params, tokenizer, eval_sets, config):
   captioner = Captioner(family, mesh, config.eval.batch_size, config.decode, config.seed)
   results = {}
   for ev in eval_sets:
-    texts = tokenizer.decode(captioner.captions(params, ev.images))
+    texts = tokenizer.decode(captioner.captions(params, ev))
     refs = references(ev)
     if jax.process_index() == 0:
       for i in range(min(config.decode.show, len(texts))):
@@ -112,10 +111,10 @@ def caption_checkpoint(config, workdir, step=None, caption_data=None,
   primary = jax.process_index() == 0
   for spec in specs:
     if tf.io.gfile.isdir(spec) and not tf.io.gfile.exists(os.path.join(spec, "captions.jsonl")):
-      name, images, keys, refs = image_folder(spec, config.model.image_size)
+      name, ev, keys, refs = image_folder(spec, config, s.mesh)
     else:
-      name, images, keys, refs = eval_set_input(spec, s)
-    texts = s.tokenizer.decode(captioner.captions(state.params, images))
+      name, ev, keys, refs = eval_set_input(spec, s)
+    texts = s.tokenizer.decode(captioner.captions(state.params, ev))
     rows = [dict(image=k, caption=t, **({"references": refs[i]} if refs else {}))
             for i, (k, t) in enumerate(zip(keys, texts))]
     if primary:

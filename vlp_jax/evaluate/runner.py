@@ -10,43 +10,76 @@ import jax
 import numpy as np
 from absl import logging
 
+from vlp_jax.data import eval_set
+from vlp_jax.data import preprocess
 from vlp_jax.evaluate import metrics
 from vlp_jax.parallel import sharding
 
 
 class Encoder:
-  """Jitted, sharded image/text encoders over fixed-size batches (one compile each)."""
+  """Jitted, sharded image/text encoders over fixed-size batches (one compile each).
+
+  Each host feeds the rows of every batch that its devices hold (`layout`, from the mesh's
+  device order), so embeddings meet their labels however the mesh places hosts; outputs
+  come back replicated. Images are uint8 and normalised inside the jitted encoder.
+  """
 
   def __init__(self, family, mesh, batch_size):
     self.mesh = mesh
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    self.batch_size = max(shards, batch_size // shards * shards)
-    in_sh = sharding.batch_sharding(mesh)
+    self.layout = eval_set.make_layout(mesh, batch_size)
+    self.batch_size = self.layout.batch_size
+    self._sharding = sharding.batch_sharding(mesh)
     out_sh = sharding.replicated(mesh)
-    self._image = jax.jit(family.encode_image, in_shardings=(None, in_sh), out_shardings=out_sh)
-    self._text = jax.jit(family.encode_text, in_shardings=(None, in_sh), out_shardings=out_sh)
+    self._image = jax.jit(
+        lambda params, images: family.encode_image(params, preprocess.normalize_on_device(images)),
+        in_shardings=(None, self._sharding), out_shardings=out_sh)
+    self._text = jax.jit(family.encode_text, in_shardings=(None, self._sharding),
+                         out_shardings=out_sh)
+
+  def _batches(self, fn, params, local_batches):
+    """`fn` over global batches given as this host's rows of each, outputs concatenated."""
+    outs = []
+    with sharding.rules_context(), jax.set_mesh(self.mesh):
+      for local in local_batches:
+        batch = jax.make_array_from_process_local_data(
+            self._sharding, local, (self.batch_size,) + local.shape[1:])
+        outs.append(np.asarray(fn(params, batch)))
+    return np.concatenate(outs)
 
   def _run(self, fn, params, array):
+    """`fn` over an array that every host holds whole (texts); the last batch is padded."""
     n = len(array)
     if n == 0:
       raise ValueError("Cannot encode an empty evaluation set")
-    bs, pid, pcount = self.batch_size, jax.process_index(), jax.process_count()
-    per_host = bs // pcount
-    outs = []
-    with sharding.rules_context(), jax.set_mesh(self.mesh):
-      for start in range(0, n, bs):
-        chunk = array[start:start + bs]
-        pad = bs - len(chunk)
-        if pad:
-          chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        local = chunk[pid * per_host:(pid + 1) * per_host]
-        batch = jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), local,
-                                                       chunk.shape)
-        outs.append(np.asarray(fn(params, batch))[:bs - pad])
-    return np.concatenate(outs)
+    rows = self.layout.rows
+    local = (array[np.minimum(start + rows, n - 1)] for start in range(0, n, self.batch_size))
+    return self._batches(fn, params, local)[:n]
 
-  def images(self, params, images):
-    return self._run(self._image, params, images)
+  def _run_images(self, fn, params, ev):
+    """`fn` over the usable images of an EvalSet, in order; each host feeds the images it
+    decoded, unusable positions are zero rows whose outputs are dropped."""
+    bs, rows = self.layout.batch_size, self.layout.rows
+    total = len(ev.valid)
+    mine = np.flatnonzero(ev.valid)
+    mine = mine[np.isin(mine % bs, rows)]
+    if not np.isin(mine, ev.positions).all():
+      raise ValueError(f"Eval set {ev.name!r} was loaded for another mesh or eval.batch_size "
+                       f"than this encoder's (pass the evaluation mesh to load_eval_set)")
+
+    def local_batches():
+      for start in range(0, total, bs):
+        wanted = start + rows
+        at = np.minimum(np.searchsorted(ev.positions, wanted), max(len(ev.positions) - 1, 0))
+        hit = (ev.positions[at] == wanted) if len(ev.positions) else np.zeros(len(rows), bool)
+        local = np.zeros((len(rows),) + ev.images.shape[1:], ev.images.dtype)
+        local[hit] = ev.images[at[hit]]
+        yield local
+
+    return self._batches(fn, params, local_batches())[:total][ev.valid]
+
+  def images(self, params, ev):
+    """Embeddings of the usable images of an EvalSet, replicated on every host."""
+    return self._run_images(self._image, params, ev)
 
   def texts(self, params, tokens):
     return self._run(self._text, params, tokens)
@@ -70,7 +103,7 @@ def evaluate(encoder, params, tokenizer, eval_sets):
   results = {}
   for ev in eval_sets:
     start = time.time()
-    img = encoder.images(params, ev.images)
+    img = encoder.images(params, ev)
     if getattr(ev, "retrieval", True):
       txt = encoder.texts(params, ev.tokens)
       for key, value in metrics.retrieval(img, txt, ev.captions,
@@ -83,7 +116,7 @@ def evaluate(encoder, params, tokenizer, eval_sets):
       scores = class_scores(encoder, params, tokenizer, task, img)
       for key, value in metrics.zeroshot(scores, labels).items():
         results[f"zeroshot/{ev.name}_{task_name}/{key}"] = value
-    logging.info("evaluated %s (%d examples) in %.1fs", ev.name, len(ev.images),
+    logging.info("evaluated %s (%d examples) in %.1fs", ev.name, ev.num_images,
                  time.time() - start)
   return results
 
