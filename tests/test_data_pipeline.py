@@ -128,7 +128,7 @@ def test_eval_set_skips_bad_records(bad_set):
   assert ev.labels == {} and ev.zeroshot_tasks == {}
   assert {k: v for k, v in ev.skipped.items() if v} == EXPECTED
   capped = _config(folder)
-  capped.eval.max_examples = 5
+  capped.eval.max_examples = len(BAD) + 5  # caps raw records, in source order
   assert data.load_eval_set("jsonl:" + folder, capped, tok).images.shape[0] == 5
 
 

@@ -95,4 +95,4 @@ def test_builtin_train_and_eval(shapes_dir, tmp_path):
   # The images are what the pipeline decoded from the stored PNGs.
   first = _examples(shapes_dir, "test")
   assert any(ex["caption"].decode() == ev.captions[0] for ex in first.values())
-  assert np.abs(ev.images).max() < 3
+  assert ev.images.dtype == np.uint8 and ev.images.min() < ev.images.max()  # normalised on device
