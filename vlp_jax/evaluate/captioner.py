@@ -66,7 +66,7 @@ def references(ev):
 
 
 def eval_set_input(spec, s):
-  """(name, images, keys, references per image) of an evaluation data spec."""
+  """(name, EvalSet, keys, references per image) of an evaluation data spec."""
   c = s.config
   ev = data.load_eval_set(spec, c, s.tokenizer, data_dir=c.data.data_dir,
                           holdout_percent=c.data.holdout_percent, mesh=s.mesh)
