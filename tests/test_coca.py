@@ -1,5 +1,6 @@
 """CoCa: causal halves without leaks, an image-blind text embedding, the loss against a
-float64 reference, 1 vs 8 devices, video pooling, and the CoCa-Base parameter count."""
+float64 reference, 1 vs 8 devices (data, fsdp, tensor parallel), video pooling, and the
+CoCa-Base parameter count."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -128,17 +129,40 @@ def test_caption_accuracy_ignores_padding(coca):
   assert float(metrics["caption_accuracy"]) == 0.0
 
 
+def _variant(layout):
+  return dict(COCA, **(OPEN_CLIP_LAYOUT if layout == "open_clip" else {}))
+
+
+@pytest.fixture(scope="module")
+def one_device_steps():
+  """layout -> the 1-device steps, run once for all the multi-device tests."""
+  cache = {}
+  def get(layout):
+    if layout not in cache:
+      cache[layout] = run_steps(tiny_config(**_variant(layout), **{"mesh.data": 1}),
+                                jax.devices()[:1])
+    return cache[layout]
+  return get
+
+
 @pytest.mark.parametrize("layout", ["paper", "open_clip"])
-def test_one_and_eight_devices_agree(layout):
+def test_one_and_eight_devices_agree(layout, one_device_steps):
   """Data x fsdp sharding, the ring loss and 2 micro-batches (both loss terms split into
   per-example sums, the fused vocabulary loss inside the accumulation's vjp) give the
   single-device step."""
-  variant = dict(COCA, **(OPEN_CLIP_LAYOUT if layout == "open_clip" else {}))
-  reference = run_steps(tiny_config(**variant, **{"mesh.data": 1}), jax.devices()[:1])
-  sharded = run_steps(tiny_config(**variant, **{"mesh.data": 2, "mesh.fsdp": 4,
-                                                "loss.contrastive": "ring",
-                                                "train.accum_steps": 2}), jax.devices())
-  assert_same(sharded, reference)
+  sharded = run_steps(tiny_config(**_variant(layout), **{"mesh.data": 2, "mesh.fsdp": 4,
+                                                         "loss.contrastive": "ring",
+                                                         "train.accum_steps": 2}),
+                      jax.devices())
+  assert_same(sharded, one_device_steps(layout))
+
+
+def test_tensor_parallel_matches_one_device(one_device_steps):
+  """fsdp=4 x model=2: the vocabulary head's kernel split over fsdp on D and over model
+  on V, so its loss combines each chunk's statistics over the two vocabulary slices and
+  sums d_hidden over them; the step is the 1-device one."""
+  config = tiny_config(**COCA, **{"mesh.data": 1, "mesh.fsdp": 4, "mesh.model": 2})
+  assert_same(run_steps(config, jax.devices()), one_device_steps("paper"))
 
 
 def test_video_pools_space_time_tokens(coca):

@@ -1,9 +1,10 @@
 """Fused chunked cross-entropy against a float64 reference, the plain loss, and itself.
 
 Chunks of 3 rows (B*L = 28 as ten chunks of 3, the last padded), 1, 2, 7 and 100, and 1,
-2 or 4 groups, must give the reference's loss and gradients, under jit on 1 and 8 devices,
-inside lax.map and jax.vjp, while compiling to far less temporary memory than the
-[B, L, V] logits and skipping the steps that hold only weight-0 positions.
+2 or 4 groups, must give the reference's loss and gradients, under jit on 1 and 8 devices
+(also on a current mesh, each device on its rows and vocabulary slice), inside lax.map and
+jax.vjp, while compiling to far less temporary memory than the [B, L, V] logits and
+skipping the steps that hold only weight-0 positions.
 """
 import functools
 
@@ -161,6 +162,36 @@ def test_sharded_batch_on_8_devices_matches_one_device(groups):
   want = fn(h, k, b, labels, w)
   for g, ref in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mesh_shape,with_bias", [((2, 2, 2), True), ((1, 4, 2), False),
+                                                   ((2, 1, 4), True)],
+                         ids=["data2_fsdp2_model2", "fsdp4_model2_nobias", "data2_model4"])
+def test_on_a_mesh_matches_float64_reference(mesh_shape, with_bias):
+  """On a current (data, fsdp, model) mesh each device walks its own rows and vocabulary
+  slice (V = 50 split over model=2; model=4 does not divide it: V stays whole) and reduces
+  d_kernel once: loss, nll, correct and gradients are the float64 reference's, d_kernel
+  comes out on the kernel's (fsdp, model) shards and d_hidden on the rows' devices."""
+  h, k, b, labels, w = make_inputs(b=8, seed=1)
+  b = b if with_bias else None
+  mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "model"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  fn = jax.jit(lambda *a: (fused_cross_entropy(*a, chunk=3),
+                           jax.grad(fused_total(3), argnums=(0, 1, 2))(*a)))
+  with jax.set_mesh(mesh):
+    (total, nll, correct), grads = fn(h, k, b, labels, w)
+  ref_total, ref_nll, ref_correct, ref_grads = reference(h, k, b, labels, w)
+  np.testing.assert_allclose(total, ref_total, rtol=1e-5)
+  assert_weighted_close(nll, ref_nll, w, rtol=1e-5, atol=1e-6)
+  assert_weighted_close(correct, ref_correct, w, rtol=0, atol=0)
+  for g, ref in zip(grads, ref_grads):
+    if g is not None:
+      np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6)
+  assert (grads[2] is None) == (not with_bias)
+  data, fsdp, model = mesh_shape
+  same = lambda x, *spec: x.sharding.is_equivalent_to(NamedSharding(mesh, P(*spec)), x.ndim)
+  assert same(grads[0], tuple(a for a, n in (("data", data), ("fsdp", fsdp)) if n > 1))
+  assert same(grads[1], "fsdp" if fsdp > 1 else None, "model" if V % model == 0 else None)
 
 
 def test_bfloat16_inputs():

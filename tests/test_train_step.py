@@ -1,4 +1,5 @@
-"""The CLIP train step: 1 device vs 8 simulated devices, and accumulation vs full batch."""
+"""The CLIP train step: 1 device vs 8 simulated devices (data, fsdp and tensor parallel),
+and accumulation vs full batch."""
 import jax
 import numpy as np
 import pytest
@@ -50,6 +51,13 @@ def assert_same(a, b, rtol=1e-5):
                          ids=["data8", "data2_fsdp4"])
 def test_eight_devices_match_one(one_device, mesh):
   config = tiny_config(**{f"mesh.{k}": v for k, v in mesh.items()})
+  assert_same(run_steps(config, jax.devices()), one_device)
+
+
+def test_tensor_parallel_matches_one_device(one_device):
+  """model=2 splits heads, MLP units and the vocabulary (token embeddings) over two
+  devices, fsdp=4 the rest: the same step as one device."""
+  config = tiny_config(**{"mesh.data": 1, "mesh.fsdp": 4, "mesh.model": 2})
   assert_same(run_steps(config, jax.devices()), one_device)
 
 

@@ -25,9 +25,9 @@ class CocaFamily:
   def __init__(self, config, eos_id):
     self.config = config
     self.eos_id = eos_id
-    # The device count is a multiple of the batch's shards: the vocabulary loss packs out
-    # padding within each device's rows (models/coca.py VocabHead).
-    self.module = coca_model.from_config(config.model, eos_id, loss_groups=jax.device_count())
+    # The vocabulary loss packs out padding within each device's rows of the mesh that the
+    # train step makes current (losses/cross_entropy.py), so the module needs no device count.
+    self.module = coca_model.from_config(config.model, eos_id)
     self.decoder = coca_model.from_config(config.model, eos_id, decode=True)
     self.loss_impl = self.LOSSES[config.loss.contrastive]
 

@@ -10,21 +10,35 @@ skipping the steps that hold only padding (about 40% of a captioning batch). Dif
 so forward plus backward cost the same three matmuls as the plain loss, with no
 recomputation, on the weighted positions only.
 
-Per-device memory: O(chunk*V) for one chunk's logits and their gradient, a float32
-[D, V] accumulator, and the residuals d_hidden [b, L, D], d_kernel [D, V], d_bias [V] (in
-the inputs' dtypes), instead of the plain loss's O(b*L*V) logits, softmax and gradient.
-With the batch sharded, each chunk's d_kernel is a partial sum over devices: XLA:GPU's
-while-loop all-reduce code motion sinks that all-reduce out of the loop so it runs once;
-XLA:CPU keeps one per chunk.
+On a mesh (the one `jax.set_mesh` makes current, as the train step does) the loop runs
+inside `shard_map`: each device walks its own rows (the batch axes), and its vocabulary
+slice when the kernel is split over `model` on V (Megatron's vocabulary-parallel
+cross-entropy). Nothing in the loop talks to other devices except, with V split, one
+all-gather per chunk of each slice's (max, sum of exp, label logit) over `model`, 3 x chunk
+floats, from which every device forms the full logsumexp. d_kernel [D, V/model] and d_bias
+are per-device partial sums carried through the loop and reduced once, after it (a
+reduce-scatter over fsdp onto the kernel's D sharding, an all-reduce over data); d_hidden,
+partial over the vocabulary slices, is all-reduced over `model` once. Without the
+shard_map, XLA would reduce the replicated d_kernel carry across the batch's devices
+inside the loop, [D, V] floats per chunk (XLA:CPU does; XLA:GPU may hoist it). Without a
+mesh, or a batch the batch axes do not divide, the same loop runs on the whole arrays.
+
+Per-device memory: O(chunk*V/model) for one chunk's logits and their gradient, a float32
+[D, V/model] accumulator, and the residuals d_hidden [b, L, D], d_kernel, d_bias (in the
+inputs' dtypes), instead of the plain loss's O(b*L*V) logits, softmax and gradient.
 """
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")  # parallel/mesh.py's; the kernel's D is on fsdp, V on model
+EMBED_AXIS, VOCAB_AXIS = "fsdp", "model"
 
 
-def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups=1):
+def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups=1, mesh=None):
   """Softmax cross-entropy of hidden @ kernel + bias vs labels, `chunk` rows at a time.
 
   Args:
@@ -35,8 +49,11 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
     weights: [B, L] float, 0 to ignore a position (padding); gets no gradient.
     chunk: positions per group per step; logits are [groups, chunk, V] at most. Smaller
       skips padding more finely; larger makes bigger matmuls.
-    groups: the batch is cut into this many contiguous groups (gcd with B is used), each
-      packed on its own; its shards over devices, or a multiple, keep every step local.
+    groups: the rows (each device's on a mesh, else the whole batch) are cut into this many
+      contiguous groups (gcd with the rows' examples is used), each packed on its own.
+      Without a mesh, the batch's shards over devices or a multiple keep packing local.
+    mesh: the mesh whose batch axes (data, fsdp) split B and whose `model` axis splits V;
+      None: the current one (`jax.sharding.get_abstract_mesh()`), if any.
   Returns:
     (total, nll, correct): total, a float32 scalar sum(weights * nll), the only
     differentiable output; nll [B, L] float32 per-position -log softmax(logits)[label] and
@@ -48,24 +65,75 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
   if int(groups) < 1:
     raise ValueError(f"groups must be a positive integer, got {groups}")
   labels = jnp.clip(labels, 0, kernel.shape[1] - 1)  # nll, correct and gradient agree
-  packing = (math.gcd(int(groups), hidden.shape[0]), int(chunk))
-  total, nll, correct = _fused(hidden, kernel, bias, labels, weights, packing)
+  plan = _plan(jax.sharding.get_abstract_mesh() if mesh is None else mesh, hidden.shape,
+               kernel.shape, int(groups), int(chunk))
+  total, nll, correct = _fused(hidden, kernel, bias, labels, weights, plan)
   # The custom_vjp ignores their cotangents, so differentiating them would be silently wrong.
   return total, jax.lax.stop_gradient(nll), jax.lax.stop_gradient(correct)
 
 
-def _chunk_stats(h, kernel, bias, labels):
-  """One chunk's float32 logits [G, c, V], their logsumexp, nll and correct [G, c]."""
+class _Plan:
+  """How the loss is laid out on devices (hashable: a custom_vjp static argument).
+
+  mesh None: one loop over the whole arrays. Otherwise shard_map over `mesh`: rows split
+  over `batch` (the batch axes of size > 1), V over `vocab` (None: V replicated), and
+  d_kernel's D reduce-scattered over `embed` (None: all-reduced).
+  """
+
+  def __init__(self, groups, chunk, mesh=None, batch=(), vocab=None, embed=None):
+    self.groups, self.chunk, self.mesh = groups, chunk, mesh
+    self.batch, self.vocab, self.embed = batch, vocab, embed
+    self._key = (groups, chunk, mesh, batch, vocab, embed)
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Plan) and self._key == other._key
+
+  def reduce_batch(self, x):
+    return jax.lax.psum(x, self.batch) if self.batch else x
+
+
+def _plan(mesh, hidden_shape, kernel_shape, groups, chunk):
+  sizes = dict(mesh.shape) if mesh is not None and not mesh.empty else {}
+  batch = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
+  shards = math.prod(sizes[a] for a in batch)
+  d, v = kernel_shape
+  vocab = VOCAB_AXIS if sizes.get(VOCAB_AXIS, 1) > 1 and v % sizes[VOCAB_AXIS] == 0 else None
+  if (not batch and not vocab) or hidden_shape[0] % shards:
+    return _Plan(math.gcd(groups, hidden_shape[0]), chunk)
+  embed = EMBED_AXIS if EMBED_AXIS in batch and d % sizes[EMBED_AXIS] == 0 else None
+  return _Plan(math.gcd(groups, hidden_shape[0] // shards), chunk, mesh, batch, vocab, embed)
+
+
+def _chunk_stats(h, kernel, bias, labels, vocab_axis):
+  """One chunk's float32 logits [G, c, V'] (V' = this device's slice of V), their
+  logsumexp, nll and correct [G, c] over the whole V, and the labels' one-hot over V'."""
   logits = jnp.einsum("gcd,dv->gcv", h, kernel.astype(h.dtype),
                       preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
+  v = logits.shape[-1]
+  if vocab_axis is not None:
+    labels = labels - jax.lax.axis_index(vocab_axis) * v  # out of [0, v): another slice's
+  mine = (labels >= 0) & (labels < v)
+  onehot = jax.nn.one_hot(labels, v, dtype=jnp.float32)  # all zero off this slice
   top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
-  lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
-  target = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  total = jnp.sum(jnp.exp(logits - top[..., None]), axis=-1)
+  target = jnp.where(mine, jnp.take_along_axis(logits, jnp.clip(labels, 0, v - 1)[..., None],
+                                               axis=-1)[..., 0], 0.0)
+  if vocab_axis is not None:
+    # One small gather, not a max then a sum over `model`; the label's logit is on one slice.
+    top_s, total_s, target_s = jax.lax.all_gather(jnp.stack([top, total, target]),
+                                                  vocab_axis, axis=1)
+    top = jnp.max(top_s, axis=0)
+    total = jnp.sum(total_s * jnp.exp(top_s - top), axis=0)
+    target = jnp.sum(target_s, axis=0)
+  lse = top + jnp.log(total)
   # The label's logit is the largest (ties count as correct): no argmax pass over V.
   correct = (target >= top).astype(jnp.float32)
-  return logits, lse, lse - target, correct
+  return logits, lse, lse - target, correct, onehot
 
 
 class _Rows:
@@ -81,6 +149,7 @@ class _Rows:
 
   def __init__(self, weights, groups, chunk):
     batch, length = weights.shape
+    groups = math.gcd(groups, batch)
     self.shape, self.groups, self.per_group = (batch, length), groups, batch // groups * length
     self.order = jnp.argsort(weights.reshape(groups, self.per_group) == 0, axis=1, stable=True)
     self.inverse = jnp.argsort(self.order, axis=1)  # once, for every output join unpacks
@@ -118,52 +187,83 @@ def _total(weights, nll):
   return jnp.sum(weights.astype(jnp.float32) * nll)
 
 
+def _on_mesh(plan, local, out_specs, hidden, kernel, bias, labels, weights):
+  """local(hidden, kernel, bias, labels, weights) on each device's rows and V slice."""
+  if plan.mesh is None:
+    return local(hidden, kernel, bias, labels, weights)
+  rows, vocab = P(plan.batch), P(plan.vocab)
+  # The skip test and the carries vary by device: shard_map's replication checks would
+  # reject the loop, and nothing here is differentiated through it (custom_vjp).
+  return jax.shard_map(local, mesh=plan.mesh, check_vma=False,
+                       in_specs=(rows, P(None, plan.vocab), vocab, rows, rows),
+                       out_specs=out_specs)(hidden, kernel, bias, labels, weights)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _fused(hidden, kernel, bias, labels, weights, packing):
+def _fused(hidden, kernel, bias, labels, weights, plan):
   """Primal (no gradient wanted, e.g. evaluation): logits, lse, nll and correct per chunk."""
-  rows = _Rows(weights, *packing)
+  def local(hidden, kernel, bias, labels, weights):
+    rows = _Rows(weights, plan.groups, plan.chunk)
 
-  def step(carry, w, h, lab):
-    del w
-    return carry, _chunk_stats(h, kernel, bias, lab)[2:]
-  _, (nll, correct) = rows.scan(step, (), weights, hidden, labels)
-  return _total(weights, nll), nll, correct
-
-
-def _fused_fwd(hidden, kernel, bias, labels, weights, packing):
-  """The primal plus, from the same logits, d total / d (hidden, kernel, bias)."""
-  rows = _Rows(weights, *packing)
-  dtype = hidden.dtype
-  k = kernel.astype(dtype)
-
-  def step(carry, w, h, lab):
-    d_kernel, d_bias = carry
-    logits, lse, nll, correct = _chunk_stats(h, kernel, bias, lab)
-    onehot = jax.nn.one_hot(lab, logits.shape[-1], dtype=jnp.float32)
-    w = w.astype(jnp.float32)[..., None]
-    d_logits = w * (jnp.exp(logits - lse[..., None]) - onehot)
-    d_logits_c = d_logits.astype(dtype)
-    d_kernel = d_kernel + jnp.einsum("gcd,gcv->dv", h, d_logits_c,
-                                     preferred_element_type=jnp.float32)
-    if bias is not None:  # a matvec with ones: a column reduction over [c, V] is slower
-      d_bias = d_bias + jnp.einsum("gc,gcv->v", jnp.ones(d_logits.shape[:2]), d_logits)
-    d_h = jnp.einsum("gcv,dv->gcd", d_logits_c, k,
-                     preferred_element_type=jnp.float32).astype(dtype)
-    return (d_kernel, d_bias), (nll, correct, d_h)
-
-  d, v = kernel.shape
-  carry = (jnp.zeros((d, v), jnp.float32), jnp.zeros((v,), jnp.float32))
-  (d_kernel, d_bias), (nll, correct, d_hidden) = rows.scan(
-      step, carry, weights, hidden, labels)
-  # Stored in the inputs' dtypes: the cotangent scaling below keeps them.
-  residuals = (d_hidden, d_kernel.astype(kernel.dtype),
-               None if bias is None else d_bias.astype(bias.dtype))
-  return (_total(weights, nll), nll, correct), residuals
+    def step(carry, w, h, lab):
+      del w
+      return carry, _chunk_stats(h, kernel, bias, lab, plan.vocab)[2:4]
+    _, (nll, correct) = rows.scan(step, (), weights, hidden, labels)
+    return plan.reduce_batch(_total(weights, nll)), nll, correct
+  rows = P(plan.batch)
+  return _on_mesh(plan, local, (P(), rows, rows), hidden, kernel, bias, labels, weights)
 
 
-def _fused_bwd(packing, residuals, cotangents):
+def _fused_fwd(hidden, kernel, bias, labels, weights, plan):
+  """The primal plus, from the same logits, d total / d (hidden, kernel, bias), each
+  reduced over devices once."""
+  def local(hidden, kernel, bias, labels, weights):
+    rows = _Rows(weights, plan.groups, plan.chunk)
+    dtype = hidden.dtype
+    k = kernel.astype(dtype)
+    # With V split, each slice's d_hidden is partial: summed over `model` in float32.
+    d_h_dtype = jnp.float32 if plan.vocab else dtype
+
+    def step(carry, w, h, lab):
+      d_kernel, d_bias = carry
+      logits, lse, nll, correct, onehot = _chunk_stats(h, kernel, bias, lab, plan.vocab)
+      w = w.astype(jnp.float32)[..., None]
+      d_logits = w * (jnp.exp(logits - lse[..., None]) - onehot)
+      d_logits_c = d_logits.astype(dtype)
+      d_kernel = d_kernel + jnp.einsum("gcd,gcv->dv", h, d_logits_c,
+                                       preferred_element_type=jnp.float32)
+      if bias is not None:  # a matvec with ones: a column reduction over [c, V] is slower
+        d_bias = d_bias + jnp.einsum("gc,gcv->v", jnp.ones(d_logits.shape[:2]), d_logits)
+      d_h = jnp.einsum("gcv,dv->gcd", d_logits_c, k,
+                       preferred_element_type=jnp.float32).astype(d_h_dtype)
+      return (d_kernel, d_bias), (nll, correct, d_h)
+
+    d, v = kernel.shape
+    carry = (jnp.zeros((d, v), jnp.float32), jnp.zeros((v,), jnp.float32))
+    (d_kernel, d_bias), (nll, correct, d_hidden) = rows.scan(
+        step, carry, weights, hidden, labels)
+    if plan.vocab:
+      d_hidden = jax.lax.psum(d_hidden, plan.vocab)
+    if plan.embed:  # onto the kernel's D shards, then summed over the other batch axes
+      d_kernel = jax.lax.psum_scatter(d_kernel, plan.embed, scatter_dimension=0, tiled=True)
+    rest = tuple(a for a in plan.batch if a != plan.embed)
+    if rest:
+      d_kernel = jax.lax.psum(d_kernel, rest)
+    # Stored in the inputs' dtypes: the cotangent scaling in _fused_bwd keeps them.
+    return (plan.reduce_batch(_total(weights, nll)), nll, correct, d_hidden.astype(dtype),
+            d_kernel.astype(kernel.dtype),
+            None if bias is None else plan.reduce_batch(d_bias).astype(bias.dtype))
+
+  rows = P(plan.batch)
+  total, nll, correct, *residuals = _on_mesh(
+      plan, local, (P(), rows, rows, rows, P(plan.embed, plan.vocab), P(plan.vocab)),
+      hidden, kernel, bias, labels, weights)
+  return (total, nll, correct), tuple(residuals)
+
+
+def _fused_bwd(plan, residuals, cotangents):
   """Scales the stored gradients by total's cotangent; nll's and correct's are ignored."""
-  del packing
+  del plan
   g = cotangents[0].astype(jnp.float32)
   scale = lambda d: None if d is None else (d.astype(jnp.float32) * g).astype(d.dtype)
   return (*map(scale, residuals), None, None)

@@ -48,12 +48,10 @@ class VocabHead(nn.Module):
   """The untied output projection [W, V] (+ bias). `loss` never materialises the [B, L, V]
   logits: with a 32k-64k vocabulary they and their gradient would be the step's largest
   tensors (cross_entropy.fused_cross_entropy computes them a few positions at a time,
-  padding skipped). `loss_groups`: the batch's shards over devices or a multiple (the
-  device count is one), so that packing out the padding moves no rows between devices."""
+  padding skipped, each device on its own rows and vocabulary slice of the current mesh)."""
   width: int
   vocab_size: int
   dtype: Any = jnp.float32
-  loss_groups: int = 1
 
   def setup(self):
     self.kernel = layers.param(self, "kernel", ("embed", "vocab"),
@@ -68,8 +66,7 @@ class VocabHead(nn.Module):
   def loss(self, x, labels, weights):
     """(sum of weights * nll, nll [B, L], correct [B, L]); only the sum has a gradient."""
     return cross_entropy.fused_cross_entropy(x, self.kernel.astype(self.dtype),
-                                             self.bias.astype(self.dtype), labels, weights,
-                                             groups=self.loss_groups)
+                                             self.bias.astype(self.dtype), labels, weights)
 
 
 class TextDecoder(nn.Module):
@@ -93,7 +90,6 @@ class TextDecoder(nn.Module):
   remat_policy: str = "full"
   scan: bool = False
   decode: bool = False
-  loss_groups: int = 1
 
   def setup(self):
     w = self.width
@@ -112,7 +108,7 @@ class TextDecoder(nn.Module):
     self.text_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
                               kernel_init=layers.dense_init(("embed", "joint"), w ** -0.5))
     self.ln_final = layers.layer_norm(self.dtype)
-    self.output = VocabHead(w, self.vocab_size, dtype=self.dtype, loss_groups=self.loss_groups)
+    self.output = VocabHead(w, self.vocab_size, dtype=self.dtype)
 
   def shift(self, tokens):
     """Decoder input: the start symbol, then the caption without its last token."""
@@ -282,11 +278,10 @@ def _normalize(x):
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
-def from_config(m, eos_id, decode=False, loss_groups=1):
+def from_config(m, eos_id, decode=False):
   """Builds Coca from `config.model`: text_depth unimodal + multimodal_depth multimodal
   layers of width text_width; EOS (`eos_id`) is the decoder's start symbol. `decode=True`:
-  the same weights with KV caches and no remat, for models/decoding.py. `loss_groups`:
-  VocabHead's."""
+  the same weights with KV caches and no remat, for models/decoding.py."""
   remat = m.remat and not decode
   vision = dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
                 num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
@@ -296,8 +291,7 @@ def from_config(m, eos_id, decode=False, loss_groups=1):
                  unimodal_depth=m.text_depth, multimodal_depth=m.multimodal_depth,
                  num_heads=m.text_heads, mlp_dim=int(m.text_width * m.text_mlp_ratio),
                  start_id=eos_id, activation=m.activation, cross_layout=m.multimodal_layer,
-                 remat=remat, remat_policy=m.remat_policy, scan=m.scan,
-                 loss_groups=loss_groups)
+                 remat=remat, remat_policy=m.remat_policy, scan=m.scan)
   return Coca(vision=vision, decoder=decoder, embed_dim=m.embed_dim,
               num_decoder_queries=m.num_decoder_queries, pooling=m.coca_pooling,
               logit_scale_init=m.logit_scale_init,
