@@ -97,7 +97,7 @@ def base_config():
   c.data.data_dir = ""  # TFDS data_dir for builtin:/tfds: sets; empty: TFDS default
   c.data.tokenizer = ""  # sentencepiece model path; empty: train one on data.train's captions
   c.data.holdout_percent = 10  # jsonl:PATH:test is this share of records (by key hash)
-  c.data.shuffle_buffer = 10_000
+  c.data.shuffle_buffer = 10_000  # wds:/tfds: per-host buffer; jsonl:/builtin: global shuffle (1: source order)
   c.data.augment = "none"  # none: resize; crop: random resized crop (no flip: captions say left/right)
   c.data.crop_min_scale = 0.6
   c.data.num_parallel_calls = -1  # -1: one per CPU core

@@ -105,7 +105,7 @@ def use_compile_cache(config, workdir):
 def load_eval_sets(s):
   c = s.config
   return [data.load_eval_set(spec, c, s.tokenizer, data_dir=c.data.data_dir,
-                             holdout_percent=c.data.holdout_percent)
+                             holdout_percent=c.data.holdout_percent, mesh=s.mesh)
           for spec in config_lib.eval_specs(c)]
 
 
