@@ -6,6 +6,7 @@ Chunks of 3 rows (B*L = 28 as ten chunks of 3, the last padded), 1, 2, 7 and 100
 jax.vjp, while compiling to far less temporary memory than the [B, L, V] logits and
 skipping the steps that hold only weight-0 positions.
 """
+import contextlib
 import functools
 
 import jax
@@ -164,18 +165,24 @@ def test_sharded_batch_on_8_devices_matches_one_device(groups):
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mesh_shape,with_bias", [((2, 2, 2), True), ((1, 4, 2), False),
-                                                   ((2, 1, 4), True)],
-                         ids=["data2_fsdp2_model2", "fsdp4_model2_nobias", "data2_model4"])
-def test_on_a_mesh_matches_float64_reference(mesh_shape, with_bias):
+def _mesh(shape):
+  return jax.make_mesh(shape, ("data", "fsdp", "model"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+@pytest.mark.parametrize("mesh_shape,with_bias,batch", [
+    ((2, 2, 2), True, 8), ((1, 4, 2), False, 8), ((2, 1, 4), True, 8), ((2, 2, 2), True, 6)],
+                         ids=["data2_fsdp2_model2", "fsdp4_model2_nobias", "data2_model4",
+                              "batch6_not_split"])
+def test_on_a_mesh_matches_float64_reference(mesh_shape, with_bias, batch):
   """On a current (data, fsdp, model) mesh each device walks its own rows and vocabulary
   slice (V = 50 split over model=2; model=4 does not divide it: V stays whole) and reduces
   d_kernel once: loss, nll, correct and gradients are the float64 reference's, d_kernel
-  comes out on the kernel's (fsdp, model) shards and d_hidden on the rows' devices."""
-  h, k, b, labels, w = make_inputs(b=8, seed=1)
+  comes out on the kernel's (fsdp, model) shards and d_hidden on the rows' devices. A
+  batch the batch axes do not divide takes the mesh-less loop."""
+  h, k, b, labels, w = make_inputs(b=batch, seed=1)
   b = b if with_bias else None
-  mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "model"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  mesh = _mesh(mesh_shape)
   fn = jax.jit(lambda *a: (fused_cross_entropy(*a, chunk=3),
                            jax.grad(fused_total(3), argnums=(0, 1, 2))(*a)))
   with jax.set_mesh(mesh):
@@ -188,16 +195,20 @@ def test_on_a_mesh_matches_float64_reference(mesh_shape, with_bias):
     if g is not None:
       np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6)
   assert (grads[2] is None) == (not with_bias)
+  if batch == 6:
+    return
   data, fsdp, model = mesh_shape
   same = lambda x, *spec: x.sharding.is_equivalent_to(NamedSharding(mesh, P(*spec)), x.ndim)
   assert same(grads[0], tuple(a for a, n in (("data", data), ("fsdp", fsdp)) if n > 1))
   assert same(grads[1], "fsdp" if fsdp > 1 else None, "model" if V % model == 0 else None)
 
 
-def test_bfloat16_inputs():
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)], ids=["no_mesh", "data2_fsdp2_model2"])
+def test_bfloat16_inputs(mesh_shape):
   h, k, b, labels, w = make_inputs()
   hb, kb = jnp.asarray(h, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
-  total, grads = value_and_grads(fused_total(3), (hb, kb, b, labels, w))
+  with contextlib.nullcontext() if mesh_shape is None else jax.set_mesh(_mesh(mesh_shape)):
+    total, grads = value_and_grads(fused_total(3), (hb, kb, b, labels, w))
   assert total.dtype == jnp.float32
   assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
   # Reference on the bfloat16-rounded inputs.
