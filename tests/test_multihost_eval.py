@@ -8,46 +8,15 @@ the worker: `python -m tests.test_multihost_eval PORT ID DATA OUT`.
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 
-# Not imported from conftest: that would give the worker processes 8 devices each.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.test_multihost import _env, _free_port, _run_pair
 
 MESH = {"mesh.data": 2, "mesh.fsdp": 4, "eval.batch_size": 16}
 COLORS = ("red", "green", "blue")
 GARBLED_JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"  # fails decoding
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return env
-
-
-def _run_pair(make_cmd, timeout):
-  """Starts both processes, waits for both; returns their (returncode, output)."""
-  procs = [subprocess.Popen(make_cmd(i), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=timeout)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  return [(p.returncode, out) for p, out in zip(procs, outs)]
 
 
 def _png(index, shape=(24, 40)):
@@ -164,7 +133,7 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
   tok_path = write_data(folder)
   port, out = _free_port(), str(tmp_path / "out")
   results = _run_pair(lambda i: [sys.executable, "-m", "tests.test_multihost_eval", str(port),
-                                 str(i), folder, out], timeout=300)
+                                 str(i), folder, out], lambda i: _env(), timeout=300)
   for code, text in results:
     assert code == 0, text[-3000:]
   one, one_embeddings = evaluate(folder, tok_path, init_params(tok_path), jax.devices())

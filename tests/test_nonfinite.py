@@ -7,7 +7,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from tests.conftest import REPO
 from tests.helpers import random_batch, tiny_config, tiny_run_args, write_scene_folder
