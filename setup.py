@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.21,<2.22",  # clu's metric writers need it; tensorflow-cpu does not pull it in.
     "numpy>=2.0",
     "pillow>=10",  # image checks and image-folder inputs
+    "nltk>=3.10.4,<3.11",  # WordNet for CatLIP's synset labels (data from NLTK or Debian)
 ]
 
 setuptools.setup(

@@ -3,7 +3,8 @@
 `SOFTMAX` and `SIGMOID` map `config.loss.contrastive` (the implementation) to a per-device
 function for `contrastive.sharded`.
 """
-from vlp_jax.losses import contrastive, ring
+from vlp_jax.losses import contrastive, multilabel, ring
+from vlp_jax.losses.multilabel import bce_per_example, multilabel_bce
 
 SOFTMAX = {"allgather": contrastive.softmax_allgather, "ring": ring.softmax_ring}
 SIGMOID = {"allgather": contrastive.sigmoid_allgather, "ring": ring.sigmoid_ring}
