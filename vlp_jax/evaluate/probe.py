@@ -94,10 +94,18 @@ def _decompose_labels(x, labels, num_classes):
   return x_mean, y_mean, vt, s, uty
 
 
+def _device():
+  """The host CPU (the probe stays off the accelerators), or the default device when
+  JAX_PLATFORMS leaves the CPU backend out."""
+  try:
+    return jax.devices("cpu")[0]
+  except RuntimeError:
+    return jax.devices()[0]
+
+
 def _cpu(*arrays):
-  """float32 copies on the host CPU (the probe stays off the accelerators)."""
-  cpu = jax.devices("cpu")[0]
-  return [jax.device_put(np.asarray(a, np.float32), cpu) for a in arrays]
+  """float32 copies on _device()."""
+  return [jax.device_put(np.asarray(a, np.float32), _device()) for a in arrays]
 
 
 def ridge_decompose(x, y):
@@ -168,9 +176,8 @@ def _fit_top1(x_fit, y_fit, x_evals, num_classes, grid):
   x_eval = np.concatenate([x for x, _ in x_evals]) / scale
   labels = np.concatenate([y for _, y in x_evals]).astype(np.int32)
   x_fit, x_eval, grid = _cpu(x_fit / scale, x_eval, grid)
-  cpu = jax.devices("cpu")[0]
-  correct = np.asarray(_fit_correct(x_fit, jax.device_put(np.asarray(y_fit, np.int32), cpu),
-                                    x_eval, jax.device_put(labels, cpu), grid, num_classes))
+  put = lambda a: jax.device_put(np.asarray(a, np.int32), _device())
+  correct = np.asarray(_fit_correct(x_fit, put(y_fit), x_eval, put(labels), grid, num_classes))
   ends = np.cumsum([len(y) for _, y in x_evals])
   return [part.mean(axis=1) for part in np.split(correct, ends[:-1], axis=1)]
 
