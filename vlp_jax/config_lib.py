@@ -10,7 +10,6 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-MODEL_NAMES = ("clip", "siglip", "coca")
 CONTRASTIVE_IMPLS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # models/layers.py REMAT_POLICIES
@@ -49,7 +48,12 @@ def base_config():
   c.seed = 0
 
   c.model = ConfigDict()
-  c.model.name = "clip"
+  c.model.name = "clip"  # a registered family (vlp_jax/families: clip, siglip, coca)
+  # Start from another run's parameters: WORKDIR or WORKDIR:STEP (default: its latest).
+  c.model.init_from = ""
+  # Which of them: "this/path:checkpoint/path,..." (parameter path prefixes, '/'-separated);
+  # empty: every parameter whose path and shape match one in the checkpoint.
+  c.model.init_from_map = ""
   c.model.dtype = "float32"  # compute dtype; parameters are always float32
   c.model.remat = False  # rematerialise each transformer block in backward
   c.model.remat_policy = "full"  # what remat keeps: full | dots | dots_and_attention
@@ -206,7 +210,16 @@ def validate(config):
   """Raises ValueError naming the field for typos and values that cannot work."""
   _check_keys(config, base_config())
   m, t, o, d = config.model, config.train, config.optim, config.data
-  _require(m.name in MODEL_NAMES, "model.name", f"{m.name!r} is not one of {MODEL_NAMES}")
+  # Read lazily: the families import this module.
+  from vlp_jax import families  # pylint: disable=g-import-not-at-top
+  names = tuple(sorted(families.FAMILIES))
+  _require(m.name in families.FAMILIES, "model.name", f"{m.name!r} is not one of {names}")
+  family = families.FAMILIES[m.name]
+  _require(family.EXACT_ACCUMULATION or t.accum_steps == 1, "train.accum_steps",
+           f"{t.accum_steps}: family {m.name!r} declares no exact gradient accumulation "
+           f"(EXACT_ACCUMULATION = False); use 1")
+  _require(bool(m.init_from) or not m.init_from_map, "model.init_from_map",
+           "is set but model.init_from names no run")
   _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
   _require(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
            f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")

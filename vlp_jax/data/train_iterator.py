@@ -148,17 +148,19 @@ def host_rows(batch_size, process_index, process_count, rows):
 
 
 class TrainIterator:
-  """Yields dict(image=float32 [b, S, S, 3], tokens=int32 [b, L]) for this host, forever.
+  """Yields this host's batches forever, as the family builds them from the records
+  (Family.host_batch; CLIP: dict(image=float32 [b, S, S, 3], tokens=int32 [b, L])).
 
   `rows`: this process's rows of each global batch of config.train.batch_size, ascending
   (sharding.process_rows); None: rows [i * b, (i + 1) * b) of process i, b = batch_size //
   process_count. `position`: this host's stream position after the last batch returned
   (for the checkpoint, per host). `skipped`: reason -> records skipped on this host since
   this iterator was created. `keys`: the source keys of the last batch's records, in row
-  order.
+  order. `family`: the model family (default: the one config.model.name registers).
   """
 
-  def __init__(self, config, tok, position=0, process_index=0, process_count=1, rows=None):
+  def __init__(self, config, tok, position=0, process_index=0, process_count=1, rows=None,
+               family=None):
     d = config.data
     self.rows = host_rows(config.train.batch_size, process_index, process_count, rows)
     self.batch_size = len(self.rows)
@@ -182,6 +184,10 @@ class TrainIterator:
                                last_path=b["last_path"][-1]))
     self._iter = pipeline.iterate(ds)
     self._tok = tok
+    if family is None:
+      from vlp_jax import families  # pylint: disable=g-import-not-at-top
+      family = families.get_family(config, tok.eos_id)
+    self._family = family
     self._skip_log = pipeline.SkipLog(self.source.name)
 
   def __iter__(self):
@@ -199,7 +205,8 @@ class TrainIterator:
     self.skipped = dict(zip(checks.ALL_REASONS, (int(c) for c in batch["counts"])))
     self._skip_log.update(batch["counts"], batch["last_reason"], batch["last_key"],
                           batch["last_path"])
-    # Tokenised here rather than in a tf.numpy_function: Python callbacks inside tf.data
-    # deadlock the iterator's teardown (see pipeline.SkipLog).
-    tokens = self._tok.encode([c.decode("utf-8") for c in batch["caption"]])
-    return dict(image=batch["image"], tokens=tokens)
+    # Built here rather than in a tf.numpy_function (tokenising): Python callbacks inside
+    # tf.data deadlock the iterator's teardown (see pipeline.SkipLog).
+    raw = dict(image=batch["image"], caption=[c.decode("utf-8") for c in batch["caption"]],
+               key=self.keys)
+    return self._family.host_batch(raw, self._tok)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from vlp_jax import config_lib, data
+from vlp_jax import config_lib, data, families
 from vlp_jax.data import eval_set, preprocess
 from vlp_jax.data.tf_setup import tf
 from vlp_jax.evaluate import caption_metrics, runner
@@ -93,9 +93,10 @@ def caption_checkpoint(config, workdir, step=None, caption_data=None,
   """Captions every input set; returns per set the count, mean length in words and, where
   references exist, BLEU-4 and CIDEr-D (with a random-caption CIDEr-D floor)."""
   s = loop.setup(config, workdir, reading=True, allow_config_change=allow_config_change)
-  if not hasattr(s.family, "caption"):
+  if "caption" not in s.family.EVALUATIONS:
+    able = sorted(n for n, f in families.FAMILIES.items() if "caption" in f.EVALUATIONS)
     raise ValueError(f"Config field 'model.name': {config.model.name!r} has no caption "
-                     f"decoder; --mode=caption needs coca")
+                     f"decoder; --mode=caption needs one of {able}")
   restored = s.checkpointer.restore(s.abstract_state, s.shardings, step)
   if restored is None:
     raise ValueError(f"No checkpoint in {s.checkpointer.directory}; train first "

@@ -98,18 +98,22 @@ def class_scores(encoder, params, tokenizer, task, image_emb):
   return image_emb @ (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).T
 
 
-def evaluate(encoder, params, tokenizer, eval_sets):
-  """All metrics of all eval sets as one flat dict of floats."""
+def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "zeroshot_text")):
+  """All metrics of all eval sets as one flat dict of floats: only the evaluations the
+  family declares (Family.EVALUATIONS) that this runner knows (retrieval, zeroshot_text)."""
   results = {}
+  retrieval, zeroshot = "retrieval" in evaluations, "zeroshot_text" in evaluations
+  if not (retrieval or zeroshot):
+    return results
   for ev in eval_sets:
     start = time.time()
     img = encoder.images(params, ev)
-    if getattr(ev, "retrieval", True):
+    if retrieval and getattr(ev, "retrieval", True):
       txt = encoder.texts(params, ev.tokens)
       for key, value in metrics.retrieval(img, txt, ev.captions,
                                           text_image=getattr(ev, "text_image", None)).items():
         results[f"retrieval/{ev.name}/{key}"] = value
-    for task_name, task in ev.zeroshot_tasks.items():
+    for task_name, task in (ev.zeroshot_tasks.items() if zeroshot else ()):
       labels = ev.labels[task_name]
       if not np.any(labels >= 0):
         continue

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from vlp_jax import losses
+from vlp_jax.families import base
 from vlp_jax.losses import contrastive
 from vlp_jax.models import clip as clip_model
 from vlp_jax.parallel.mesh import BATCH_AXES
@@ -22,15 +23,19 @@ def clamp_logit_scale(params, logit_scale_max):
                                                   math.log(logit_scale_max)))
 
 
-class ClipFamily:
+@base.register("clip")
+class ClipFamily(base.Family):
   """Batch fields: image [b, S, S, 3] float32, tokens [b, L] int32."""
 
-  LOSSES = losses.SOFTMAX
+  EVALUATIONS = frozenset({"retrieval", "zeroshot_text"})
+  CONTRASTIVE_KIND = "softmax"
+  LOGIT_BIAS = False  # SigLIP's learned bias
 
-  def __init__(self, config, eos_id):
-    self.config = config
-    self.module = clip_model.from_config(config.model, eos_id)
-    self.loss_impl = self.LOSSES[config.loss.contrastive]
+  def __init__(self, config, eos_id=1):
+    super().__init__(config, eos_id)
+    self.module = clip_model.from_config(config.model, eos_id, logit_bias=self.LOGIT_BIAS)
+    kinds = {"softmax": losses.SOFTMAX, "sigmoid": losses.SIGMOID}
+    self.loss_impl = kinds[self.CONTRASTIVE_KIND][config.loss.contrastive]
 
   def example_batch(self, batch_size):
     m = self.config.model
@@ -39,6 +44,9 @@ class ClipFamily:
         "tokens": jax.ShapeDtypeStruct((batch_size, m.context_length), jnp.int32),
     }
 
+  def host_batch(self, raw, tokenizer):
+    return {"image": raw["image"], "tokens": tokenizer.encode(list(raw["caption"]))}
+
   def init(self, rng, batch):
     return self.module.init(rng, batch["image"], batch["tokens"])["params"]
 
@@ -46,13 +54,14 @@ class ClipFamily:
     """Projects the parameters back into their allowed range after an update."""
     return clamp_logit_scale(params, self.config.model.logit_scale_max)
 
-  def features(self, params, batch, rng):
+  def features(self, params, batch, rng, state=None):
     """Per-example outputs that the loss combines across the global batch."""
-    del rng  # no dropout in these towers
+    del rng, state  # no dropout in these towers
     img, txt, _ = self.module.apply({"params": params}, batch["image"], batch["tokens"])
     return {"img": img, "txt": txt}
 
-  def loss(self, params, features, mesh):
+  def loss(self, params, features, mesh, state=None):
+    del state
     scalars = self.module.apply({"params": params}, method=self.module.scalars)
     loss_fn = contrastive.sharded(self.loss_impl, mesh, BATCH_AXES, len(scalars))
     loss, metrics = loss_fn(features["img"], features["txt"], *scalars)
@@ -66,7 +75,9 @@ class ClipFamily:
     return self.module.apply({"params": params}, tokens, method=self.module.encode_text)
 
 
+@base.register("siglip")
 class SiglipFamily(ClipFamily):
   """SigLIP: the same towers and batch, the pairwise sigmoid loss with a learned bias."""
 
-  LOSSES = losses.SIGMOID
+  CONTRASTIVE_KIND = "sigmoid"
+  LOGIT_BIAS = True

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from vlp_jax import losses
+from vlp_jax.families import base
 from vlp_jax.families.clip import ClipFamily
 from vlp_jax.losses import contrastive
 from vlp_jax.models import coca as coca_model
@@ -17,28 +18,30 @@ from vlp_jax.models import decoding
 from vlp_jax.parallel.mesh import BATCH_AXES
 
 
-class CocaFamily:
+@base.register("coca")
+class CocaFamily(base.Family):
   """Batch fields: image [b, S, S, 3] float32, tokens [b, L] int32 (pieces, EOS, pad 0)."""
 
-  LOSSES = losses.SOFTMAX
+  EVALUATIONS = frozenset({"retrieval", "zeroshot_text", "caption"})
+  CONTRASTIVE_KIND = "softmax"
 
-  def __init__(self, config, eos_id):
-    self.config = config
-    self.eos_id = eos_id
+  def __init__(self, config, eos_id=1):
+    super().__init__(config, eos_id)
     # The vocabulary loss packs out padding within each device's rows of the mesh that the
     # train step makes current (losses/cross_entropy.py), so the module needs no device count.
     self.module = coca_model.from_config(config.model, eos_id)
     self.decoder = coca_model.from_config(config.model, eos_id, decode=True)
-    self.loss_impl = self.LOSSES[config.loss.contrastive]
+    self.loss_impl = losses.SOFTMAX[config.loss.contrastive]
 
   # The same batch fields and initialisation as the two-tower families.
   example_batch = ClipFamily.example_batch
+  host_batch = ClipFamily.host_batch
   init = ClipFamily.init
   constrain = ClipFamily.constrain
 
-  def features(self, params, batch, rng):
+  def features(self, params, batch, rng, state=None):
     """Embeddings and per-example captioning sums: all the loss needs of the batch."""
-    del rng  # no dropout
+    del rng, state  # no dropout
     tokens = batch["tokens"]
     img, txt, (total, nll, correct), _ = self.module.apply({"params": params}, batch["image"],
                                                            tokens)
@@ -52,7 +55,8 @@ class CocaFamily:
             "caption_tokens": jnp.sum(mask, axis=1),
             "caption_correct": jnp.sum(correct * mask, axis=1)}
 
-  def loss(self, params, features, mesh):
+  def loss(self, params, features, mesh, state=None):
+    del state
     scale = self.module.apply({"params": params}, method=self.module.logit_scale)
     loss_fn = contrastive.sharded(self.loss_impl, mesh, BATCH_AXES, 1)
     contrastive_loss, metrics = loss_fn(features["img"], features["txt"], scale)

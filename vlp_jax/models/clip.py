@@ -65,8 +65,9 @@ def _normalize(x):
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
-def from_config(m, eos_id):
-  """Builds Clip from `config.model`."""
+def from_config(m, eos_id, logit_bias=False):
+  """Builds Clip from `config.model`; `logit_bias`: SigLIP's learned bias (the family's
+  choice), initialised at model.logit_bias_init."""
   # Only the pooled outputs are used: the last layer of each tower computes nothing else.
   common = dict(activation=m.activation, remat=m.remat, remat_policy=m.remat_policy,
                 scan=m.scan, pooled_only=True)
@@ -77,7 +78,7 @@ def from_config(m, eos_id):
               depth=m.text_depth, num_heads=m.text_heads,
               mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id,
               causal=m.text_causal, pool=m.text_pool, **common)
-  bias = m.logit_bias_init if m.name == "siglip" else None
+  bias = m.logit_bias_init if logit_bias else None
   return Clip(vision=vision, text=text, embed_dim=m.embed_dim,
               logit_scale_init=m.logit_scale_init,
               logit_bias_init=bias, dtype=jnp.dtype(m.dtype))

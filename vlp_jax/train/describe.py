@@ -49,9 +49,10 @@ def matmul_flops(jaxpr):
   return total
 
 
-def forward_flops_per_example(family, params):
+def forward_flops_per_example(family, params, family_state=None):
   batch = family.example_batch(1)
-  jaxpr = jax.make_jaxpr(lambda p, b: family.features(p, b, jax.random.PRNGKey(0)))(params, batch)
+  jaxpr = jax.make_jaxpr(lambda p, b, s: family.features(p, b, jax.random.PRNGKey(0), s))(
+      params, batch, family_state)
   return matmul_flops(jaxpr.jaxpr)
 
 
@@ -78,7 +79,7 @@ def describe(config, num_devices=None):
   tx, _ = optimizer.make(config)
   abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh_shape)
   counts = _param_counts(abstract.params)
-  forward = forward_flops_per_example(family, abstract.params)
+  forward = forward_flops_per_example(family, abstract.params, abstract.family_state)
   result = {
       "model": config.model.name,
       "mesh": mesh_shape,
@@ -94,9 +95,13 @@ def describe(config, num_devices=None):
       "global_batch": config.train.batch_size,
   }
   result["flops_per_step"] = result["flops_per_example"] * config.train.batch_size
-  kind = "sigmoid" if family.LOSSES is losses.SIGMOID else "softmax"
-  result["bytes_per_device/loss"] = losses.memory_estimate(
-      config.loss.contrastive, kind, max(config.train.batch_size // shards, 1), shards,
-      config.model.embed_dim)
+  frozen = state_lib.frozen_mask(family, abstract.params)
+  if frozen is not None:  # they have no optimizer state (state_lib.optimizer_for)
+    result["params_frozen"] = int(sum(np.prod(x.shape) for x, f in zip(
+        jax.tree.leaves(abstract.params), jax.tree.leaves(frozen)) if f))
+  if family.CONTRASTIVE_KIND:
+    result["bytes_per_device/loss"] = losses.memory_estimate(
+        config.loss.contrastive, family.CONTRASTIVE_KIND,
+        max(config.train.batch_size // shards, 1), shards, config.model.embed_dim)
   return result
 

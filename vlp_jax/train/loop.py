@@ -19,7 +19,7 @@ from vlp_jax.data.tf_setup import tf
 from vlp_jax.evaluate import runner
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding
-from vlp_jax.train import checkpoint, fingerprint, optimizer, state as state_lib
+from vlp_jax.train import checkpoint, fingerprint, init_from, optimizer, state as state_lib
 from vlp_jax.train.step import make_train_step
 
 
@@ -223,7 +223,8 @@ def train(config, workdir, allow_config_change=False):
   c = config
   restored = s.checkpointer.restore(s.abstract_state, s.shardings)
   if restored is None:
-    state, _ = state_lib.create(s.family, s.tx, c.seed, s.mesh)
+    loaded = init_from.load(c.model.init_from, c.model.init_from_map, s.abstract_state.params)
+    state, _ = state_lib.create(s.family, s.tx, c.seed, s.mesh, loaded)
     position = 0
   else:
     state, position = restored
@@ -235,7 +236,7 @@ def train(config, workdir, allow_config_change=False):
   rows = sharding.process_rows(sharding.batch_sharding(s.mesh), global_batch)
   iterator = data.TrainIterator(c, s.tokenizer, position=position,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count(), rows=rows)
+                                process_count=jax.process_count(), rows=rows, family=s.family)
   batches = device_batches(iterator, s.mesh, c.data.prefetch, global_batch)
   eval_sets = load_eval_sets(s)
   encoder = runner.Encoder(s.family, s.mesh, c.eval.batch_size)
@@ -279,7 +280,8 @@ def train(config, workdir, allow_config_change=False):
         return {"step": step, "stopped": True}
       if eval_sets and c.train.eval_every and step % c.train.eval_every == 0 \
           and step != c.train.steps:
-        log.write(step, runner.evaluate(encoder, state.params, s.tokenizer, eval_sets))
+        log.write(step, runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
+                                        s.family.EVALUATIONS))
     if metrics is not None:
       values = jax.device_get(metrics)
       check(values)
@@ -287,8 +289,9 @@ def train(config, workdir, allow_config_change=False):
     s.checkpointer.save(c.train.steps, state, lambda: iterator_position, force=True)
     s.checkpointer.wait()
     if eval_sets:
-      results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets)
-      if hasattr(s.family, "caption"):
+      results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
+                                s.family.EVALUATIONS)
+      if "caption" in s.family.EVALUATIONS:
         # Imported here: the captioner builds on this module (setup) for --mode=caption.
         from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
         results.update(captioner.evaluate_sets(s.family, s.mesh, state.params, s.tokenizer,
@@ -317,7 +320,8 @@ def evaluate_checkpoint(config, workdir, step=None, allow_config_change=False):
     raise ValueError("Config field 'data.eval' names no evaluation set")
   encoder = runner.Encoder(s.family, s.mesh, config.eval.batch_size)
   started = time.time()
-  results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets)
+  results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
+                            s.family.EVALUATIONS)
   logging.info("evaluation took %.1fs", time.time() - started)
   s.checkpointer.close()
   return dict(results, step=int(state.step))

@@ -5,6 +5,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from vlp_jax.parallel import sharding
 
@@ -20,17 +21,66 @@ class TrainState:
   skipped_nonfinite: jax.Array = None
   nonfinite_streak: jax.Array = None
   nonfinite_step: jax.Array = None
+  # The family's non-trainable state (Family.init_state; None for most families).
+  family_state: Any = None
 
 
-def _init_fn(family, tx, seed):
+def frozen_mask(family, params):
+  """The family's frozen-parameter mask (a bool pytree like params), or None."""
+  mask = family.frozen(nn.meta.unbox(params))
+  if mask is None or not any(bool(m) for m in jax.tree.leaves(mask)):
+    return None
+  return mask
+
+
+def optimizer_for(family, tx):
+  """`tx` for the family's trainable parameters only: frozen ones get zero updates and no
+  optimizer state (optax.multi_transform with set_to_zero, as big_vision's schedule=None).
+  Families with nothing frozen keep `tx` itself, so their optimizer state is unchanged."""
+  def labels(params):
+    mask = frozen_mask(family, params)
+    return jax.tree.map(lambda f: "frozen" if f else "train", mask)
+
+  def init(params):
+    if frozen_mask(family, params) is None:
+      return tx.init(params)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                 labels).init(params)
+
+  def update(updates, state, params=None):
+    if frozen_mask(family, params) is None:
+      return tx.update(updates, state, params)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                 labels).update(updates, state, params)
+  return optax.GradientTransformation(init, update)
+
+
+def _init_fn(family, tx, seed, loaded=None):
+  """The state's initialiser; `loaded`: {param path tuple: array} replacing initial values
+  (model.init_from)."""
   def init():
     batch = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), family.example_batch(1))
     params = family.init(jax.random.PRNGKey(seed), batch)
+    if loaded:
+      params = _replace(params, loaded)
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=tx.init(params),
+    # Boxed parameters in, so the optimizer and family state inherit their axis names.
+    return TrainState(step=zero, params=params,
+                      opt_state=optimizer_for(family, tx).init(params),
                       rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
-                      skipped_nonfinite=zero, nonfinite_streak=zero, nonfinite_step=zero)
+                      skipped_nonfinite=zero, nonfinite_streak=zero, nonfinite_step=zero,
+                      family_state=family.init_state(params))
   return init
+
+
+def _replace(params, loaded):
+  """params with the leaves at `loaded`'s paths replaced (boxes keep their axis names)."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  for path, value in loaded.items():
+    old = flat[path]
+    value = jnp.asarray(value, nn.meta.unbox(old).dtype)
+    flat[path] = old.replace_boxed(value) if isinstance(old, nn.meta.AxisMetadata) else value
+  return flax.traverse_util.unflatten_dict(flat)
 
 
 def abstract_state(family, tx, seed, mesh_shape):
@@ -41,10 +91,16 @@ def abstract_state(family, tx, seed, mesh_shape):
   return abstract, specs
 
 
-def create(family, tx, seed, mesh):
-  """Initialises the state with every array born on its own shards (no host copy)."""
+def create(family, tx, seed, mesh, loaded=None):
+  """Initialises the state with every array born on its own shards (no host copy).
+
+  `loaded`: {param path tuple: host array} to start from instead of the initial values
+  (init_from.load); the optimizer and family state are initialised from the result.
+  """
   _, specs = abstract_state(family, tx, seed, mesh.shape)
   shardings = sharding.named(mesh, specs)
-  init = _init_fn(family, tx, seed)
+  paths = sorted(loaded or {})
+  init = lambda values: nn.meta.unbox(_init_fn(family, tx, seed, dict(zip(paths, values)))())
+  values = [loaded[p] for p in paths]
   with sharding.rules_context():
-    return jax.jit(lambda: nn.meta.unbox(init()), out_shardings=shardings)(), shardings
+    return jax.jit(init, out_shardings=shardings)(values), shardings

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlp_jax.parallel import sharding
 from vlp_jax.parallel.mesh import BATCH_AXES
-from vlp_jax.train import optimizer
+from vlp_jax.train import optimizer, state as state_lib
 
 
 def _split_micro(tree, accum):
@@ -37,12 +37,26 @@ def _merge_micro(tree):
   return jax.tree.map(merge, tree)
 
 
-def loss_and_grads(family, params, batch, rng, mesh, accum):
-  """(loss, metrics), grads of the family's loss on the full batch."""
+def _stop_frozen(params, mask):
+  """params with the frozen ones (mask True) cut from the gradient."""
+  if mask is None:
+    return params
+  return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, mask)
+
+
+def loss_and_grads(family, params, batch, rng, mesh, accum, family_state=None, frozen=None):
+  """(loss, metrics, features), grads of the family's loss on the full batch.
+
+  `frozen`: a bool mask like params; those parameters get zero gradients (never computed).
+  """
   if accum == 1:
     def total(p):
-      return family.loss(p, family.features(p, batch, rng), mesh)
-    return jax.value_and_grad(total, has_aux=True)(params)
+      p = _stop_frozen(p, frozen)
+      feats = family.features(p, batch, rng, family_state)
+      loss, metrics = family.loss(p, feats, mesh, family_state)
+      return loss, (metrics, feats)
+    (loss, (metrics, feats)), grads = jax.value_and_grad(total, has_aux=True)(params)
+    return (loss, metrics, feats), grads
 
   micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
   micro = jax.lax.with_sharding_constraint(_split_micro(batch, accum), micro_sharding)
@@ -50,12 +64,13 @@ def loss_and_grads(family, params, batch, rng, mesh, accum):
 
   def forward(p, k):
     mb = jax.tree.map(lambda x: x[k], micro)
-    return family.features(p, mb, keys[k])
+    return family.features(_stop_frozen(p, frozen), mb, keys[k], family_state)
 
   feats = jax.lax.map(lambda k: forward(jax.lax.stop_gradient(params), k), jnp.arange(accum))
   full = _merge_micro(feats)
+  loss_fn = lambda p, f: family.loss(_stop_frozen(p, frozen), f, mesh, family_state)
   (loss, metrics), (direct_grads, feat_grads) = jax.value_and_grad(
-      family.loss, argnums=(0, 1), has_aux=True)(params, full, mesh)
+      loss_fn, argnums=(0, 1), has_aux=True)(params, full)
   feat_grads = jax.lax.with_sharding_constraint(_split_micro(feat_grads, accum), micro_sharding)
 
   def pull_back(acc, k):
@@ -64,12 +79,12 @@ def loss_and_grads(family, params, batch, rng, mesh, accum):
     return jax.tree.map(jnp.add, acc, g), None
 
   grads, _ = jax.lax.scan(pull_back, direct_grads, jnp.arange(accum))
-  return (loss, metrics), grads
+  return (loss, metrics, full), grads
 
 
-def guarded_update(state, params, opt_state, finite, freeze):
-  """The state after one step: the update where `finite`, else the old parameters and
-  optimizer state with the step counted as skipped. `freeze` (train.nonfinite=stop): after
+def guarded_update(state, params, opt_state, finite, freeze, family_state=None):
+  """The state after one step: the update where `finite`, else the old parameters,
+  optimizer state and family state with the step counted as skipped. `freeze` (train.nonfinite=stop): after
   the first non-finite step no update applies, so the state the loop stops with is the last
   good one. Either way the step advances, so the input stream and the step's RNG stay where
   an uninterrupted run would have them.
@@ -83,6 +98,7 @@ def guarded_update(state, params, opt_state, finite, freeze):
   starts = (bad > 0) & (state.nonfinite_streak == 0)
   return state.replace(
       step=step, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+      family_state=keep(family_state, state.family_state),
       skipped_nonfinite=state.skipped_nonfinite + bad,
       nonfinite_streak=(state.nonfinite_streak + 1) * bad,
       nonfinite_step=jnp.where(starts, step, state.nonfinite_step))
@@ -91,22 +107,31 @@ def guarded_update(state, params, opt_state, finite, freeze):
 def make_train_step(family, tx, lr_fn, config, mesh, state_shardings):
   """The train step: one jax.jit with explicit shardings; the old state is donated.
 
-  A step whose loss, gradient norm or updated parameters are not finite leaves the
-  parameters and optimizer state untouched (guarded_update); config.train.nonfinite says
-  what the loop does about it.
+  The family's frozen parameters get no gradient or update, its state is updated after
+  the parameters (Family.update_state). A step whose loss, gradient norm or updated
+  parameters are not finite leaves the parameters, optimizer and family state untouched
+  (guarded_update); config.train.nonfinite says what the loop does about it.
   """
   accum = config.train.accum_steps
-  constrain = getattr(family, "constrain", lambda p: p)
+  tx = state_lib.optimizer_for(family, tx)
 
   def step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = loss_and_grads(family, state.params, batch, rng, mesh, accum)
+    frozen = state_lib.frozen_mask(family, state.params)
+    (loss, metrics, feats), grads = loss_and_grads(
+        family, state.params, batch, rng, mesh, accum, state.family_state, frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = constrain(optax.apply_updates(state.params, updates))
+    params = family.constrain(optax.apply_updates(state.params, updates))
+    if frozen is not None:  # bit-identical, whatever constrain does
+      params = jax.tree.map(lambda new, old, f: old if f else new, params, state.params,
+                            frozen)
+    family_state = family.update_state(state.family_state, params,
+                                       jax.lax.stop_gradient(feats))
     grad_norm, param_norm = optimizer.global_norm(grads), optimizer.global_norm(params)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
     new_state = guarded_update(state, params, opt_state, finite,
-                               freeze=config.train.nonfinite == "stop")
+                               freeze=config.train.nonfinite == "stop",
+                               family_state=family_state)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
                    lr=lr_fn(state.step), skipped_nonfinite=new_state.skipped_nonfinite,
                    nonfinite_streak=new_state.nonfinite_streak,

@@ -1,0 +1,184 @@
+"""The family contract: everything the trainer, checkpoints and evaluators may ask of a model.
+
+A family is a subclass of `Family` registered with `@register("name")`; `model.name` picks
+it. The trainer never branches on a family's name or probes it with hasattr: what differs
+between families is said here, by methods and declared class attributes.
+
+Required (abstract; registering a class that lacks one fails naming it):
+  example_batch(batch_size)       the batch fields, as jax.ShapeDtypeStruct
+  host_batch(raw, tokenizer)      those fields built on the host from a raw batch
+  init(rng, batch)                the parameters (with logical axis names)
+  features(params, batch, rng, state)   per-example outputs, batch dimension first
+  loss(params, features, mesh, state)   (scalar, metrics) over the global batch
+
+Optional, with defaults that do nothing:
+  init_state / update_state       non-trainable state (momentum weights, queues, EMAs)
+  frozen(params)                  parameters with no gradient and no optimizer state
+  constrain(params)               a projection after each update (CLIP's logit clamp)
+  encode_image / encode_text / caption   what the declared EVALUATIONS need
+  EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND   declarations read by the trainer,
+                                  validation, evaluation and describe
+"""
+import abc
+
+# What the evaluators know how to run, and the methods each one needs.
+EVALUATION_NEEDS = {
+    "retrieval": ("encode_image", "encode_text"),
+    "zeroshot_text": ("encode_image", "encode_text"),
+    "zeroshot_head": ("classify",),
+    "caption": ("caption",),
+    "probe": ("encode_image",),
+}
+CONTRASTIVE_KINDS = (None, "softmax", "sigmoid")
+
+FAMILIES = {}
+
+
+class Family(abc.ABC):
+  """Base class of model families. Subclasses implement the abstract methods."""
+
+  # Evaluations this family supports (keys of EVALUATION_NEEDS); the runner runs only these.
+  EVALUATIONS = frozenset()
+  # True when the loss reads the batch only through per-example `features` (and the state
+  # is not updated per micro-batch), so train/step.py's feature-gradient accumulation gives
+  # the full-batch gradient. False: train.accum_steps > 1 is refused at validation.
+  EXACT_ACCUMULATION = True
+  # The contrastive loss's kind for describe's loss-memory estimate (None: no such term).
+  CONTRASTIVE_KIND = None
+
+  def __init__(self, config, eos_id=1):
+    """Builds the modules from `config.model`; `eos_id` is the tokenizer's end of text."""
+    self.config = config
+    self.eos_id = eos_id
+
+  # ---- required -------------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def example_batch(self, batch_size):
+    """dict name -> jax.ShapeDtypeStruct [batch_size, ...]: every field the step reads.
+
+    Used to initialise, to shard the batch, and to size the model in describe; the
+    fields host_batch returns must be exactly these.
+    """
+
+  @abc.abstractmethod
+  def host_batch(self, raw, tokenizer):
+    """dict of numpy arrays (example_batch's fields) from one host batch of records.
+
+    `raw`: `image` float32 [b, S, S, 3], `caption` list of b str, `key` list of b str,
+    plus any extra fields the data source provides (labels). Runs on the host, outside
+    jit, once per batch (CLIP: tokenises the captions).
+    """
+
+  @abc.abstractmethod
+  def init(self, rng, batch):
+    """The parameters (a dict, boxed with nn.with_logical_partitioning names) for a batch
+    of zeros of example_batch's shapes."""
+
+  @abc.abstractmethod
+  def features(self, params, batch, rng, state=None):
+    """dict of per-example outputs, batch dimension first: all the loss sees of the batch.
+
+    `state`: the family state (init_state), read-only here. Gradient accumulation runs
+    this per micro-batch and the loss once on the concatenation.
+    """
+
+  @abc.abstractmethod
+  def loss(self, params, features, mesh, state=None):
+    """(scalar loss, dict of scalar metrics) over the global batch's features."""
+
+  # ---- optional -------------------------------------------------------------------------
+
+  def init_state(self, params):
+    """Non-trainable state (a pytree of arrays boxed with logical axis names, or None),
+    from the initial parameters, given boxed as init returned them (a copy keeps their
+    axis names; nn.meta.unbox them to compute). It is sharded by the same rules as the
+    parameters, checkpointed with the train state and restored exactly."""
+    del params
+    return None
+
+  def update_state(self, state, params, features):
+    """The state after a step, inside the jitted step: `params` are the updated
+    parameters, `features` the step's (gradient stopped). Kept unchanged on a step that
+    is not finite."""
+    del params, features
+    return state
+
+  def frozen(self, params):
+    """A pytree of Python bools like params (True: frozen), or None for nothing frozen;
+    decided by paths, never by values (it is called on abstract and traced params).
+    Frozen parameters get no gradient, no update and no optimizer state."""
+    del params
+    return None
+
+  def constrain(self, params):
+    """The parameters projected back into their allowed range after each update."""
+    return params
+
+  def encode_image(self, params, images):
+    """L2-normalised image embeddings [b, D] (retrieval, zero-shot, probes)."""
+    raise NotImplementedError(f"{type(self).__name__} has no image encoder")
+
+  def encode_text(self, params, tokens):
+    """L2-normalised text embeddings [b, D] (retrieval, zero-shot by text prompts)."""
+    raise NotImplementedError(f"{type(self).__name__} has no text encoder")
+
+  def classify(self, params, images):
+    """Class logits [b, C] of a classification head (zero-shot by head)."""
+    raise NotImplementedError(f"{type(self).__name__} has no classification head")
+
+  def caption(self, params, images, rng=None, **options):
+    """Caption tokens [b, L] of images in the tokenizer's layout."""
+    raise NotImplementedError(f"{type(self).__name__} has no caption decoder")
+
+
+def missing_parts(cls):
+  """Names of the contract parts `cls` lacks, in order; empty when complete."""
+  if not (isinstance(cls, type) and issubclass(cls, Family)):
+    return ["the Family base class (vlp_jax.families.base.Family)"]
+  missing = sorted(getattr(cls, "__abstractmethods__", ()))
+  unknown = sorted(set(cls.EVALUATIONS) - set(EVALUATION_NEEDS))
+  missing += [f"EVALUATIONS entry {name!r} (known: {sorted(EVALUATION_NEEDS)})"
+              for name in unknown]
+  for evaluation in sorted(set(cls.EVALUATIONS) & set(EVALUATION_NEEDS)):
+    for method in EVALUATION_NEEDS[evaluation]:
+      if getattr(cls, method) is getattr(Family, method):
+        missing.append(f"{method} (needed by EVALUATIONS entry {evaluation!r})")
+  if cls.CONTRASTIVE_KIND not in CONTRASTIVE_KINDS:
+    missing.append(f"CONTRASTIVE_KIND in {CONTRASTIVE_KINDS}, not {cls.CONTRASTIVE_KIND!r}")
+  return list(dict.fromkeys(missing))
+
+
+def check(cls, name=None):
+  """TypeError in one line naming the first missing part of a family class."""
+  missing = missing_parts(cls)
+  if missing:
+    label = name or getattr(cls, "__name__", repr(cls))
+    more = f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+    raise TypeError(f"Family {label!r} is missing {missing[0]}{more}")
+  return cls
+
+
+def register(name):
+  """Class decorator: adds a complete family to FAMILIES under `name` (model.name)."""
+  def add(cls):
+    check(cls, name)
+    if name in FAMILIES and FAMILIES[name] is not cls:
+      raise ValueError(f"Family name {name!r} is already registered by "
+                       f"{FAMILIES[name].__name__}")
+    FAMILIES[name] = cls
+    cls.NAME = name
+    return cls
+  return add
+
+
+def get_family(config, eos_id=1):
+  """Builds the family named by `config.model.name`.
+
+  `eos_id` is the tokenizer's end-of-text id (where CLIP pools); shapes do not depend on it.
+  """
+  name = config.model.name
+  if name not in FAMILIES:
+    raise ValueError(f"Config field 'model.name': unknown family {name!r}; "
+                     f"known: {sorted(FAMILIES)}")
+  return check(FAMILIES[name], name)(config, eos_id)
