@@ -127,10 +127,31 @@ def test_evaluation_runs_only_what_the_family_declares():
   assert runner.evaluate(Untouchable(), None, None, [object()], frozenset({"probe"})) == {}
 
 
+def test_the_train_iterator_builds_batches_with_the_family(tmp_path):
+  """Whatever fields host_batch makes are the batch: no tokens hard-coded."""
+  from tests.helpers import write_scene_folder  # pylint: disable=g-import-not-at-top
+  from vlp_jax import data  # pylint: disable=g-import-not-at-top
+  folder = write_scene_folder(tmp_path / "scenes", count=12)
+  config = _config(**{"data.train": f"jsonl:{folder}", "train.batch_size": 4})
+  tok = data.Tokenizer(data.train_tokenizer(["a red square", "a blue circle"] * 20, 32,
+                                            str(tmp_path / "t.model")), 8)
+
+  class Lengths(families.ClipFamily):
+    def host_batch(self, raw, tokenizer):
+      assert len(raw["key"]) == 4 and tokenizer is tok
+      return {"image": raw["image"],
+              "words": np.array([len(c.split()) for c in raw["caption"]], np.int32)}
+
+  batch = next(data.TrainIterator(config, tok, family=Lengths(config, tok.eos_id)))
+  assert sorted(batch) == ["image", "words"] and batch["image"].shape == (4, 16, 16, 3)
+  assert (batch["words"] > 0).all()
+  assert sorted(next(data.TrainIterator(config, tok))) == ["image", "tokens"]  # clip's
+
+
 # ---- frozen parameters --------------------------------------------------------------------
 
 def test_frozen_parameters_stay_bit_identical_and_have_no_optimizer_state():
-  config = _config()
+  config = _config(**{"train.accum_steps": 2})  # the accumulating path (accum 1: below)
   mesh, family, tx, lr_fn = _setup(FrozenImageClip, config)
   state, shardings = state_lib.create(family, tx, config.seed, mesh)
   before = _numpy(state.params)
