@@ -282,3 +282,16 @@ def test_the_shipped_families_are_registered_and_complete():
   assert families.FAMILIES["siglip"].CONTRASTIVE_KIND == "sigmoid"
   assert "caption" in families.FAMILIES["coca"].EVALUATIONS
   assert "caption" not in families.FAMILIES["clip"].EVALUATIONS
+
+
+def test_a_non_finite_step_keeps_the_family_state():
+  from vlp_jax.train.step import guarded_update  # pylint: disable=g-import-not-at-top
+  zero = jnp.zeros((), jnp.int32)
+  state = state_lib.TrainState(step=zero, params={"w": jnp.ones(2)}, opt_state=(), rng=zero,
+                               skipped_nonfinite=zero, nonfinite_streak=zero,
+                               nonfinite_step=zero, family_state={"queue": jnp.ones(3)})
+  new = {"queue": jnp.full(3, 2.0)}
+  kept = guarded_update(state, {"w": jnp.zeros(2)}, (), jnp.asarray(False), False, new)
+  np.testing.assert_array_equal(kept.family_state["queue"], np.ones(3))
+  taken = guarded_update(state, {"w": jnp.zeros(2)}, (), jnp.asarray(True), False, new)
+  np.testing.assert_array_equal(taken.family_state["queue"], np.full(3, 2.0))
