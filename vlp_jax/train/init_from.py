@@ -7,7 +7,8 @@ this model to the checkpoint's ('/'-separated, under `params`). Empty: every par
 whose path and shape match. Only parameters are read (orbax partial restore of the
 `state` item that train/checkpoint.py writes); the optimizer and family state start
 fresh from them. A path that is not there, or a shape that differs, is a one-line
-ValueError naming it.
+ValueError naming it. Every host reads the chosen parameters whole into host memory, once,
+before the sharded state is built from them.
 """
 import os
 
