@@ -12,6 +12,7 @@ Required (abstract; registering a class that lacks one fails naming it):
   loss(params, features, mesh, state)   (scalar, metrics) over the global batch
 
 Optional, with defaults that do nothing:
+  prepare(workdir, reading)       run-level files (a label vocabulary) before the first batch
   init_state / update_state       non-trainable state (momentum weights, queues, EMAs)
   frozen(params)                  parameters with no gradient and no optimizer state
   constrain(params)               a projection after each update (CLIP's logit clamp)
@@ -88,6 +89,12 @@ class Family(abc.ABC):
     """(scalar loss, dict of scalar metrics) over the global batch's features."""
 
   # ---- optional -------------------------------------------------------------------------
+
+  def prepare(self, workdir, reading):
+    """Run-level files the family needs before its first batch (CatLIP's label
+    vocabulary), made or read in workdir like the tokenizer; `reading`: evaluation of an
+    existing run, which must write nothing. Called once by train/loop.py's setup."""
+    del workdir, reading
 
   def init_state(self, params):
     """Non-trainable state (a pytree of arrays boxed with logical axis names, or None),

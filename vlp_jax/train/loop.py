@@ -60,6 +60,7 @@ def setup(config, workdir, reading=False, allow_config_change=False):
     use_compile_cache(config, workdir)
   tokenizer = data.get_tokenizer(config, workdir, reading=reading)
   family = families.get_family(config, tokenizer.eos_id)
+  family.prepare(workdir, reading)
   tx, lr_fn = optimizer.make(config)
   abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
   return Setup(config, workdir, mesh, tokenizer, family, tx, lr_fn, abstract,
