@@ -19,6 +19,7 @@ DECODE_METHODS = ("greedy", "beam", "sample")
 NONFINITE = ("stop", "skip")
 WEIGHT_DECAY_MODES = ("decoupled", "lr_coupled")  # train/optimizer.py
 EVAL_RESIZES = ("crop", "squash")
+BCE_REDUCTIONS = ("batch_mean", "mean")  # losses/multilabel.py REDUCTIONS
 
 
 def parse_arg(arg, **defaults):
@@ -94,6 +95,10 @@ def base_config():
   c.loss.contrastive = "allgather"
   c.loss.contrastive_weight = 1.0  # CoCa: loss = contrastive_weight * InfoNCE
   c.loss.caption_weight = 2.0  #   + caption_weight * token-mean captioning cross-entropy
+  # CatLIP: sigmoid BCE summed over the labels and averaged over images (batch_mean, as
+  # CatLIP's code) or averaged over labels too (mean); pos_weight > 1 counts missed labels more.
+  c.loss.bce_reduction = "batch_mean"
+  c.loss.pos_weight = 1.0
 
   c.data = ConfigDict()
   c.data.train = "builtin:shapes:train"
@@ -115,6 +120,13 @@ def base_config():
   # resize to a square, ignoring the aspect ratio.
   c.data.eval_resize = "crop"
   c.data.allow_outside_paths = False  # jsonl: image paths may leave their folder
+  # CatLIP: the synset vocabulary file; empty: WORKDIR/synsets.txt, built from data.train's
+  # captions with the synsets that at least synset_min_count captions name.
+  c.data.synsets = ""
+  c.data.synset_min_count = 5
+  # Linear probes on frozen image embeddings: comma-separated [NAME=]TRAIN_SPEC=>TEST_SPEC
+  # (evaluate/probe.py), run where evaluation runs; empty: none.
+  c.data.probe = ""
 
   c.train = ConfigDict()
   c.train.batch_size = 64  # global, over all hosts and devices
@@ -297,6 +309,17 @@ def validate(config):
   _require(d.zeroshot_templates in ("short", "clip80"), "data.zeroshot_templates",
            f"{d.zeroshot_templates!r} is not short or clip80")
   _require(0 < d.holdout_percent < 100, "data.holdout_percent", "must be in (0, 100)")
+  _require(d.synset_min_count >= 1, "data.synset_min_count",
+           f"must be >= 1, got {d.synset_min_count}")
+  _require(config.loss.bce_reduction in BCE_REDUCTIONS, "loss.bce_reduction",
+           f"{config.loss.bce_reduction!r} is not one of {BCE_REDUCTIONS}")
+  _finite_in(config.loss.pos_weight, "loss.pos_weight", 0, None, low_open=True)
+  if d.probe:
+    from vlp_jax.evaluate import probe  # pylint: disable=g-import-not-at-top
+    try:
+      probe.parse_probe_specs(d.probe)
+    except ValueError as e:
+      _require(False, "data.probe", str(e))
   _require(bool(d.train), "data.train", "must name a dataset, e.g. builtin:shapes:train")
   for axis in ("data", "fsdp", "model"):
     size = config.mesh[axis]

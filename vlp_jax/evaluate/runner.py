@@ -13,6 +13,7 @@ from absl import logging
 from vlp_jax.data import eval_set
 from vlp_jax.data import preprocess
 from vlp_jax.evaluate import metrics
+from vlp_jax.evaluate import probe
 from vlp_jax.parallel import sharding
 
 
@@ -35,6 +36,10 @@ class Encoder:
         in_shardings=(None, self._sharding), out_shardings=out_sh)
     self._text = jax.jit(family.encode_text, in_shardings=(None, self._sharding),
                          out_shardings=out_sh)
+    self._classify = jax.jit(
+        lambda params, images: family.classify(params, preprocess.normalize_on_device(images)),
+        in_shardings=(None, self._sharding), out_shardings=out_sh)
+    self.family = family
 
   def _batches(self, fn, params, local_batches):
     """`fn` over global batches given as this host's rows of each, outputs concatenated."""
@@ -84,6 +89,21 @@ class Encoder:
   def texts(self, params, tokens):
     return self._run(self._text, params, tokens)
 
+  def class_logits(self, params, ev):
+    """Classification-head logits of the usable images of an EvalSet (zero-shot by head)."""
+    return self._run_images(self._classify, params, ev)
+
+
+def head_scores(encoder, logits, task):
+  """([N, C] scores, share of classes covered) of a task by the family's head: a class
+  scores the mean logit of its rows; one the head cannot name scores -inf (never guessed)."""
+  rows, missing = encoder.family.head_classes(task.classnames)
+  scores = np.full((logits.shape[0], len(task.classnames)), -np.inf, np.float32)
+  for c, r in enumerate(rows):
+    if len(r) and task.classnames[c] not in missing:
+      scores[:, c] = logits[:, list(r)].mean(axis=1)
+  return scores, 1.0 - len(missing) / max(len(task.classnames), 1)
+
 
 def class_scores(encoder, params, tokenizer, task, image_emb):
   """[N, C] image-class scores from the task's prompts, combined as `task.ensemble` says."""
@@ -98,29 +118,44 @@ def class_scores(encoder, params, tokenizer, task, image_emb):
   return image_emb @ (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).T
 
 
-def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "zeroshot_text")):
+def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "zeroshot_text"),
+             probe_sets=()):
   """All metrics of all eval sets as one flat dict of floats: only the evaluations the
-  family declares (Family.EVALUATIONS) that this runner knows (retrieval, zeroshot_text)."""
+  family declares (Family.EVALUATIONS) that this runner knows: retrieval, zero-shot by text
+  prompts or by the classification head, and linear probes on `probe_sets`
+  [(name, train EvalSet, test EvalSet)]."""
   results = {}
   retrieval, zeroshot = "retrieval" in evaluations, "zeroshot_text" in evaluations
-  if not (retrieval or zeroshot):
-    return results
-  for ev in eval_sets:
+  by_head = "zeroshot_head" in evaluations
+  for ev in eval_sets if (retrieval or zeroshot or by_head) else ():
     start = time.time()
-    img = encoder.images(params, ev)
+    img = encoder.images(params, ev) if (retrieval or zeroshot) else None
+    logits = encoder.class_logits(params, ev) if by_head else None
     if retrieval and getattr(ev, "retrieval", True):
       txt = encoder.texts(params, ev.tokens)
       for key, value in metrics.retrieval(img, txt, ev.captions,
                                           text_image=getattr(ev, "text_image", None)).items():
         results[f"retrieval/{ev.name}/{key}"] = value
-    for task_name, task in (ev.zeroshot_tasks.items() if zeroshot else ()):
+    for task_name, task in ev.zeroshot_tasks.items():
       labels = ev.labels[task_name]
       if not np.any(labels >= 0):
         continue
-      scores = class_scores(encoder, params, tokenizer, task, img)
-      for key, value in metrics.zeroshot(scores, labels).items():
-        results[f"zeroshot/{ev.name}_{task_name}/{key}"] = value
+      prefix = f"zeroshot/{ev.name}_{task_name}"
+      if zeroshot:
+        scores = class_scores(encoder, params, tokenizer, task, img)
+        results.update({f"{prefix}/{k}": v for k, v in metrics.zeroshot(scores, labels).items()})
+      if by_head:
+        scores, covered = head_scores(encoder, logits, task)
+        results.update({f"{prefix}/{k}": v for k, v in metrics.zeroshot(scores, labels).items()})
+        results[f"{prefix}/covered"] = covered
     logging.info("evaluated %s (%d examples) in %.1fs", ev.name, ev.num_images,
                  time.time() - start)
+  if "probe" in evaluations:
+    for name, train_set, test_set in probe_sets:
+      start = time.time()
+      results.update(probe.eval_set_metrics(name, train_set, test_set,
+                                            encoder.images(params, train_set),
+                                            encoder.images(params, test_set)))
+      logging.info("linear probe %s (%d + %d examples) in %.1fs", name, train_set.num_images,
+                   test_set.num_images, time.time() - start)
   return results
-

@@ -9,6 +9,7 @@ from vlp_jax.families.base import FAMILIES, Family, get_family, register
 # Importing the modules registers their families.
 from vlp_jax.families.clip import ClipFamily, SiglipFamily
 from vlp_jax.families.coca import CocaFamily
+from vlp_jax.families.catlip import CatlipFamily
 
 __all__ = ["FAMILIES", "Family", "get_family", "register", "ClipFamily", "SiglipFamily",
-           "CocaFamily"]
+           "CocaFamily", "CatlipFamily"]

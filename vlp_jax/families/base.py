@@ -26,7 +26,7 @@ import abc
 EVALUATION_NEEDS = {
     "retrieval": ("encode_image", "encode_text"),
     "zeroshot_text": ("encode_image", "encode_text"),
-    "zeroshot_head": ("classify",),
+    "zeroshot_head": ("classify", "head_classes"),
     "caption": ("caption",),
     "probe": ("encode_image",),
 }
@@ -132,6 +132,11 @@ class Family(abc.ABC):
 
   def classify(self, params, images):
     """Class logits [b, C] of a classification head (zero-shot by head)."""
+    raise NotImplementedError(f"{type(self).__name__} has no classification head")
+
+  def head_classes(self, classnames):
+    """(rows of the classification head for each class name, the names it cannot score):
+    zero-shot by head scores a class by the mean logit of its rows."""
     raise NotImplementedError(f"{type(self).__name__} has no classification head")
 
   def caption(self, params, images, rng=None, **options):

@@ -6,6 +6,9 @@ function for `contrastive.sharded`.
 from vlp_jax.losses import contrastive, multilabel, ring
 from vlp_jax.losses.multilabel import bce_per_example, multilabel_bce
 
+__all__ = ["contrastive", "multilabel", "ring", "bce_per_example", "multilabel_bce",
+           "SOFTMAX", "SIGMOID", "memory_estimate"]
+
 SOFTMAX = {"allgather": contrastive.softmax_allgather, "ring": ring.softmax_ring}
 SIGMOID = {"allgather": contrastive.sigmoid_allgather, "ring": ring.sigmoid_ring}
 

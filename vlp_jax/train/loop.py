@@ -16,7 +16,7 @@ from clu import metric_writers, periodic_actions
 
 from vlp_jax import config_lib, data, families
 from vlp_jax.data.tf_setup import tf
-from vlp_jax.evaluate import runner
+from vlp_jax.evaluate import probe, runner
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding
 from vlp_jax.train import checkpoint, fingerprint, init_from, optimizer, state as state_lib
@@ -104,10 +104,17 @@ def use_compile_cache(config, workdir):
 
 
 def load_eval_sets(s):
+  """(eval sets of data.eval, probe sets [(name, train, test)] of data.probe when the
+  family can be probed)."""
   c = s.config
-  return [data.load_eval_set(spec, c, s.tokenizer, data_dir=c.data.data_dir,
-                             holdout_percent=c.data.holdout_percent, mesh=s.mesh)
-          for spec in config_lib.eval_specs(c)]
+  load = lambda spec, tok: data.load_eval_set(spec, c, tok, data_dir=c.data.data_dir,
+                                              holdout_percent=c.data.holdout_percent,
+                                              mesh=s.mesh)
+  probes = []
+  if c.data.probe and "probe" in s.family.EVALUATIONS:
+    probes = [(name, load(train, None), load(test, None))
+              for name, train, test in probe.parse_probe_specs(c.data.probe)]
+  return [load(spec, s.tokenizer) for spec in config_lib.eval_specs(c)], probes
 
 
 def device_batches(iterator, mesh, depth, global_batch):
@@ -239,7 +246,7 @@ def train(config, workdir, allow_config_change=False):
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(), rows=rows, family=s.family)
   batches = device_batches(iterator, s.mesh, c.data.prefetch, global_batch)
-  eval_sets = load_eval_sets(s)
+  eval_sets, probe_sets = load_eval_sets(s)
   encoder = runner.Encoder(s.family, s.mesh, c.eval.batch_size)
   step_fn = make_train_step(s.family, s.tx, s.lr_fn, c, s.mesh, s.shardings)
   log = MetricsLog(workdir, start)
@@ -279,19 +286,19 @@ def train(config, workdir, allow_config_change=False):
         s.checkpointer.wait()
         logging.warning("stopped at step %d; rerun the same command to resume", step)
         return {"step": step, "stopped": True}
-      if eval_sets and c.train.eval_every and step % c.train.eval_every == 0 \
+      if (eval_sets or probe_sets) and c.train.eval_every and step % c.train.eval_every == 0 \
           and step != c.train.steps:
         log.write(step, runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
-                                        s.family.EVALUATIONS))
+                                        s.family.EVALUATIONS, probe_sets))
     if metrics is not None:
       values = jax.device_get(metrics)
       check(values)
       final.update(_train_metrics(values, {}))
     s.checkpointer.save(c.train.steps, state, lambda: iterator_position, force=True)
     s.checkpointer.wait()
-    if eval_sets:
+    if eval_sets or probe_sets:
       results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
-                                s.family.EVALUATIONS)
+                                s.family.EVALUATIONS, probe_sets)
       if "caption" in s.family.EVALUATIONS:
         # Imported here: the captioner builds on this module (setup) for --mode=caption.
         from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
@@ -316,13 +323,13 @@ def evaluate_checkpoint(config, workdir, step=None, allow_config_change=False):
     raise ValueError(f"No checkpoint in {s.checkpointer.directory}; train first "
                      f"(--mode=train) or pass --workdir of a trained run")
   state, _ = restored
-  eval_sets = load_eval_sets(s)
-  if not eval_sets:
-    raise ValueError("Config field 'data.eval' names no evaluation set")
+  eval_sets, probe_sets = load_eval_sets(s)
+  if not (eval_sets or probe_sets):
+    raise ValueError("Config fields 'data.eval' and 'data.probe' name no evaluation set")
   encoder = runner.Encoder(s.family, s.mesh, config.eval.batch_size)
   started = time.time()
   results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
-                            s.family.EVALUATIONS)
+                            s.family.EVALUATIONS, probe_sets)
   logging.info("evaluation took %.1fs", time.time() - started)
   s.checkpointer.close()
   return dict(results, step=int(state.step))
