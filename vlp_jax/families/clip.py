@@ -27,7 +27,7 @@ def clamp_logit_scale(params, logit_scale_max):
 class ClipFamily(base.Family):
   """Batch fields: image [b, S, S, 3] float32, tokens [b, L] int32."""
 
-  EVALUATIONS = frozenset({"retrieval", "zeroshot_text"})
+  EVALUATIONS = frozenset({"retrieval", "zeroshot_text", "probe"})
   CONTRASTIVE_KIND = "softmax"
   LOGIT_BIAS = False  # SigLIP's learned bias
 

@@ -22,7 +22,7 @@ from vlp_jax.parallel.mesh import BATCH_AXES
 class CocaFamily(base.Family):
   """Batch fields: image [b, S, S, 3] float32, tokens [b, L] int32 (pieces, EOS, pad 0)."""
 
-  EVALUATIONS = frozenset({"retrieval", "zeroshot_text", "caption"})
+  EVALUATIONS = frozenset({"retrieval", "zeroshot_text", "caption", "probe"})
   CONTRASTIVE_KIND = "softmax"
 
   def __init__(self, config, eos_id=1):
