@@ -85,10 +85,10 @@ def test_zero_shot_by_head_scores_classes_by_their_rows_and_never_guesses():
   encoder.family = family
   logits = np.array([[5.0, 0.0, 1.0, -1.0, 9.0, 0, 0, 0],
                      [0.0, 2.0, 3.0, 4.0, 0.0, 0, 0, 0]], np.float32)
-  task = ZeroShotTask(["red", "circle", "unicorn"], ["{}"])
+  task = ZeroShotTask(["red", "circle", "unicorn", "n02084071"], ["{}"])  # the last: dog
   scores, covered = runner.head_scores(encoder, logits, task)
-  np.testing.assert_array_equal(scores[:, :2], [[5.0, 1.0], [0.0, 3.0]])
-  assert np.all(scores[:, 2] == -np.inf) and covered == pytest.approx(2 / 3)
+  np.testing.assert_array_equal(scores[:, [0, 1, 3]], [[5.0, 1.0, 9.0], [0.0, 3.0, 0.0]])
+  assert np.all(scores[:, 2] == -np.inf) and covered == pytest.approx(3 / 4)
 
 
 @needs_wordnet

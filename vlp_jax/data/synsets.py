@@ -281,7 +281,13 @@ def multi_hot(captions, vocabulary):
 def synsets_for_classname(name):
   """Synsets a class name stands for, for zero-shot by the classifier head: the first noun
   sense of the whole name when WordNet has it ('great white shark'), else the nouns in it
-  as in a caption. [] when it names none: the class is not covered (never guessed)."""
+  as in a caption. [] when it names none: the class is not covered (never guessed).
+  A WordNet id ('n02084071', TFDS imagenet2012's class names) is its own synset."""
+  if isinstance(name, str) and _WNID.match(name.strip()):
+    try:
+      return [wnid_to_synset(name.strip())]
+    except ValueError:
+      return []
   words = _words(name)
   if not words:
     return []
