@@ -133,7 +133,8 @@ def main(argv):
 
 
 def parse_flags(argv):
-  """absl's parser, but a mistyped `--config.a.b=v` ends with one line naming the field."""
+  """absl's parser, but a mistyped `--config.a.b=v`, a bad flag or a config file that is
+  missing, broken or raises ends with one line (status 2)."""
   config_args = [a for a in argv if a.startswith("--config=")]
   config_path = config_args[-1][len("--config="):] if config_args else ""
   try:
