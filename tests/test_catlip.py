@@ -119,6 +119,7 @@ def test_a_run_trains_evaluates_by_head_and_probes(tmp_path):
   workdir = str(tmp_path / "work")
   result = main.run(c, "train", workdir)
   assert os.path.exists(os.path.join(workdir, "synsets.txt"))
+  assert not os.path.exists(os.path.join(workdir, "tokenizer.model"))  # no text is read
   assert result["zeroshot/data_label/covered"] == 1.0
   assert result["zeroshot/data_label/top1"] > result["zeroshot/data_label/chance"]
   assert result["probe/data/top1"] > result["probe/data/chance"]

@@ -295,3 +295,13 @@ def test_a_non_finite_step_keeps_the_family_state():
   np.testing.assert_array_equal(kept.family_state["queue"], np.ones(3))
   taken = guarded_update(state, {"w": jnp.zeros(2)}, (), jnp.asarray(True), False, new)
   np.testing.assert_array_equal(taken.family_state["queue"], np.full(3, 2.0))
+
+
+def test_a_family_without_a_tokenizer_cannot_declare_text_evaluations():
+  from vlp_jax.families import base  # pylint: disable=g-import-not-at-top
+  from vlp_jax.families.clip import ClipFamily  # pylint: disable=g-import-not-at-top
+
+  class NoText(ClipFamily):
+    USES_TOKENIZER = False
+  with pytest.raises(TypeError, match="USES_TOKENIZER.*retrieval"):
+    base.check(NoText, "no_text")

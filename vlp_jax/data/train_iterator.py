@@ -186,7 +186,7 @@ class TrainIterator:
     self._tok = tok
     if family is None:
       from vlp_jax import families  # pylint: disable=g-import-not-at-top
-      family = families.get_family(config, tok.eos_id)
+      family = families.get_family(config, tok.eos_id if tok else 1)
     self._family = family
     self._skip_log = pipeline.SkipLog(self.source.name)
 

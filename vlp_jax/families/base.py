@@ -17,8 +17,9 @@ Optional, with defaults that do nothing:
   frozen(params)                  parameters with no gradient and no optimizer state
   constrain(params)               a projection after each update (CLIP's logit clamp)
   encode_image / encode_text / caption   what the declared EVALUATIONS need
-  EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND   declarations read by the trainer,
-                                  validation, evaluation and describe
+  EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND, USES_TOKENIZER
+                                  declarations read by the trainer, validation,
+                                  evaluation and describe
 """
 import abc
 
@@ -31,6 +32,7 @@ EVALUATION_NEEDS = {
     "probe": ("encode_image",),
 }
 CONTRASTIVE_KINDS = (None, "softmax", "sigmoid")
+TEXT_EVALUATIONS = ("retrieval", "zeroshot_text", "caption")  # they need the tokenizer
 
 FAMILIES = {}
 
@@ -46,6 +48,9 @@ class Family(abc.ABC):
   EXACT_ACCUMULATION = True
   # The contrastive loss's kind for describe's loss-memory estimate (None: no such term).
   CONTRASTIVE_KIND = None
+  # Whether the family reads text through the tokenizer. False (CatLIP): no tokenizer is
+  # trained or read, host_batch and the evaluators get None.
+  USES_TOKENIZER = True
 
   def __init__(self, config, eos_id=1):
     """Builds the modules from `config.model`; `eos_id` is the tokenizer's end of text."""
@@ -156,6 +161,9 @@ def missing_parts(cls):
     for method in EVALUATION_NEEDS[evaluation]:
       if getattr(cls, method) is getattr(Family, method):
         missing.append(f"{method} (needed by EVALUATIONS entry {evaluation!r})")
+  texts = sorted(set(cls.EVALUATIONS) & set(TEXT_EVALUATIONS))
+  if texts and not cls.USES_TOKENIZER:
+    missing.append(f"USES_TOKENIZER (EVALUATIONS {texts} read text through it)")
   if cls.CONTRASTIVE_KIND not in CONTRASTIVE_KINDS:
     missing.append(f"CONTRASTIVE_KIND in {CONTRASTIVE_KINDS}, not {cls.CONTRASTIVE_KIND!r}")
   return list(dict.fromkeys(missing))

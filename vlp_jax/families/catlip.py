@@ -60,6 +60,7 @@ class CatlipFamily(base.Family):
   """Batch fields: image [b, S, S, 3] float32, labels [b, V] uint8 (multi-hot synsets)."""
 
   EVALUATIONS = frozenset({"zeroshot_head", "probe"})
+  USES_TOKENIZER = False  # captions become synset labels, never tokens
 
   def __init__(self, config, eos_id=1):
     super().__init__(config, eos_id)

@@ -58,8 +58,10 @@ def setup(config, workdir, reading=False, allow_config_change=False):
   if not reading:
     tf.io.gfile.makedirs(workdir)
     use_compile_cache(config, workdir)
-  tokenizer = data.get_tokenizer(config, workdir, reading=reading)
-  family = families.get_family(config, tokenizer.eos_id)
+  tokenizer = None
+  if families.FAMILIES[config.model.name].USES_TOKENIZER:
+    tokenizer = data.get_tokenizer(config, workdir, reading=reading)
+  family = families.get_family(config, tokenizer.eos_id if tokenizer else 1)
   family.prepare(workdir, reading)
   tx, lr_fn = optimizer.make(config)
   abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
