@@ -44,15 +44,14 @@ def train_tokenizer(captions, vocab_size, out_path):
 
 def _train_once(config, path):
   """Process 0 trains the workdir's tokenizer if it is missing; the others wait for it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  if jax.process_index() == 0 and not tf.io.gfile.exists(path):
+  from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+
+  def write():
     # Imported here: sources pulls in TFDS, which a tokenizer read from a file never needs.
     from vlp_jax.data import sources  # pylint: disable=g-import-not-at-top
     source = sources.from_config(config.data.train, config.data)
     train_tokenizer(source.captions(), config.model.vocab_size, path)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("tokenizer trained")
+  mesh_lib.write_once(path, write, "tokenizer")
 
 
 class Tokenizer:

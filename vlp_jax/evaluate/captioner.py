@@ -14,10 +14,9 @@ import numpy as np
 from absl import logging
 
 from vlp_jax import config_lib, data, families
-from vlp_jax.data import eval_set, preprocess
+from vlp_jax.data import eval_set
 from vlp_jax.data.tf_setup import tf
 from vlp_jax.evaluate import caption_metrics, runner
-from vlp_jax.parallel import sharding
 from vlp_jax.train import loop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -32,11 +31,8 @@ class Captioner(runner.Encoder):
     options = dict(method=decode.method, beam_size=decode.beam_size,
                    alpha=decode.length_penalty, temperature=decode.temperature,
                    top_k=decode.top_k, top_p=decode.top_p, max_len=decode.max_length)
-    self._caption = jax.jit(
-        lambda params, images: family.caption(params, preprocess.normalize_on_device(images),
-                                              rng, **options),
-        in_shardings=(None, sharding.batch_sharding(mesh)),
-        out_shardings=sharding.replicated(mesh))
+    self._caption = self.jit_on_images(
+        lambda params, images: family.caption(params, images, rng, **options))
 
   def captions(self, params, ev):
     """Caption tokens of the usable images of an EvalSet (decoded across hosts)."""

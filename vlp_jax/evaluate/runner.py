@@ -30,16 +30,19 @@ class Encoder:
     self.layout = eval_set.make_layout(mesh, batch_size)
     self.batch_size = self.layout.batch_size
     self._sharding = sharding.batch_sharding(mesh)
-    out_sh = sharding.replicated(mesh)
-    self._image = jax.jit(
-        lambda params, images: family.encode_image(params, preprocess.normalize_on_device(images)),
-        in_shardings=(None, self._sharding), out_shardings=out_sh)
-    self._text = jax.jit(family.encode_text, in_shardings=(None, self._sharding),
-                         out_shardings=out_sh)
-    self._classify = jax.jit(
-        lambda params, images: family.classify(params, preprocess.normalize_on_device(images)),
-        in_shardings=(None, self._sharding), out_shardings=out_sh)
+    self._text = self.jit(family.encode_text)
+    self._image = self.jit_on_images(family.encode_image)
+    self._classify = self.jit_on_images(family.classify)
     self.family = family
+
+  def jit(self, fn):
+    """fn(params, batch) jitted: batch sharded over the batch axes, output replicated."""
+    return jax.jit(fn, in_shardings=(None, self._sharding),
+                   out_shardings=sharding.replicated(self.mesh))
+
+  def jit_on_images(self, fn):
+    """`jit` of fn(params, images) fed uint8 images, normalised on device first."""
+    return self.jit(lambda params, images: fn(params, preprocess.normalize_on_device(images)))
 
   def _batches(self, fn, params, local_batches):
     """`fn` over global batches given as this host's rows of each, outputs concatenated."""

@@ -18,6 +18,7 @@ from vlp_jax.data.tf_setup import tf
 from vlp_jax.families import base
 from vlp_jax.losses import multilabel
 from vlp_jax.models import catlip as catlip_model
+from vlp_jax.parallel import mesh as mesh_lib
 
 VOCABULARY_FILE = "synsets.txt"
 
@@ -35,7 +36,8 @@ def prepare_vocabulary(config, workdir, reading):
       field = "config.data.synsets" if config.data.synsets else "the run's"
       raise ValueError(f"Synset vocabulary {path} ({field}) is missing; build one with "
                        f"`python -m vlp_jax.data.synsets --data=SPEC --min_count=N --out=PATH`")
-    if jax.process_index() == 0:
+
+    def write():
       from vlp_jax.data import sources  # pylint: disable=g-import-not-at-top
       captions = sources.from_config(config.data.train, config.data).captions()
       vocabulary = synsets.build_vocabulary(captions, config.data.synset_min_count)
@@ -43,9 +45,7 @@ def prepare_vocabulary(config, workdir, reading):
         raise ValueError(f"No synset is named by data.synset_min_count="
                          f"{config.data.synset_min_count} captions of {config.data.train}")
       synsets.write_vocabulary(vocabulary, path)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices("synset vocabulary written")
+    mesh_lib.write_once(path, write, "synset vocabulary")
   vocabulary = synsets.read_vocabulary(path)
   size = config.model.vocab_size
   if len(vocabulary) > size:
@@ -92,7 +92,7 @@ class CatlipFamily(base.Family):
   def features(self, params, batch, rng, state=None):
     """Per-example loss sums (exact under gradient accumulation) and hit counts."""
     del rng, state
-    _, logits = self.module.apply({"params": params}, batch["image"])
+    logits = self.module.apply({"params": params}, batch["image"])
     labels = batch["labels"].astype(jnp.float32)
     pos_weight = self.config.loss.pos_weight if self.config.loss.pos_weight != 1 else None
     top = jnp.argmax(logits, axis=-1)
@@ -113,7 +113,7 @@ class CatlipFamily(base.Family):
     return self.module.apply({"params": params}, images, method=self.module.encode_image)
 
   def classify(self, params, images):
-    return self.module.apply({"params": params}, images, method=self.module.classify)
+    return self.module.apply({"params": params}, images)
 
   def head_classes(self, classnames):
     """(rows of the head for each class name, names not covered): a class is scored by the

@@ -7,15 +7,15 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from vlp_jax.models import clip
 from vlp_jax.models import layers
 from vlp_jax.models.vit import VisionTransformer
 
 
 class Catlip(nn.Module):
-  """(L2-normalised image embedding [B, E], head logits [B, V]).
+  """Head logits [B, V] from the image tower's projected pooled embedding [B, E].
 
   The head reads the projected, unnormalised pooled embedding. Its bias starts at the log
   odds of a label being present, 1 / num_classes, so the first steps are not spent
@@ -41,24 +41,15 @@ class Catlip(nn.Module):
     return self.image_tower(images)[0]
 
   def encode_image(self, images):
-    x = self._pooled(images).astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
-
-  def classify(self, images):
-    return self.head(self._pooled(images)).astype(jnp.float32)
+    return clip.normalize(self._pooled(images))
 
   def __call__(self, images):
-    pooled = self._pooled(images)
-    x = pooled.astype(jnp.float32)
-    embedding = x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
-    return embedding, self.head(pooled).astype(jnp.float32)
+    """Head logits [B, V] (float32): all training needs."""
+    return self.head(self._pooled(images)).astype(jnp.float32)
 
 
 def from_config(m):
-  """Builds Catlip from `config.model`; the head has model.vocab_size rows."""
-  vision = dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
-                num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
-                pool=m.image_pool, activation=m.activation, remat=m.remat,
-                remat_policy=m.remat_policy, scan=m.scan, pooled_only=True)
-  return Catlip(vision=vision, embed_dim=m.embed_dim, num_classes=m.vocab_size,
-                dtype=jnp.dtype(m.dtype))
+  """Builds Catlip from `config.model` (clip's image tower); the head has model.vocab_size
+  rows."""
+  return Catlip(vision=clip.image_tower_config(m), embed_dim=m.embed_dim,
+                num_classes=m.vocab_size, dtype=jnp.dtype(m.dtype))

@@ -39,10 +39,10 @@ class Clip(nn.Module):
               nn.initializers.constant(self.logit_bias_init), ()), (), jnp.float32)
 
   def encode_image(self, images):
-    return _normalize(self.image_tower(images)[0])
+    return normalize(self.image_tower(images)[0])
 
   def encode_text(self, tokens):
-    return _normalize(self.text_tower(tokens)[0])
+    return normalize(self.text_tower(tokens)[0])
 
   def logit_scale(self):
     # Not capped here: a cap in the forward pass zeroes the gradient above it, and Adam's
@@ -60,20 +60,30 @@ class Clip(nn.Module):
     return self.encode_image(images), self.encode_text(tokens), self.scalars()
 
 
-def _normalize(x):
+def normalize(x):
+  """L2-normalised in float32 (the embedding every family's evaluators compare)."""
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
+def _tower_options(m):
+  # Only the pooled outputs are used: the last layer of each tower computes nothing else.
+  return dict(activation=m.activation, remat=m.remat, remat_policy=m.remat_policy,
+              scan=m.scan, pooled_only=True)
+
+
+def image_tower_config(m):
+  """VisionTransformer fields of a pooled image tower from `config.model` (CLIP, CatLIP)."""
+  return dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
+              num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
+              pool=m.image_pool, **_tower_options(m))
 
 
 def from_config(m, eos_id, logit_bias=False):
   """Builds Clip from `config.model`; `logit_bias`: SigLIP's learned bias (the family's
   choice), initialised at model.logit_bias_init."""
-  # Only the pooled outputs are used: the last layer of each tower computes nothing else.
-  common = dict(activation=m.activation, remat=m.remat, remat_policy=m.remat_policy,
-                scan=m.scan, pooled_only=True)
-  vision = dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
-                num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
-                pool=m.image_pool, **common)
+  common = _tower_options(m)
+  vision = image_tower_config(m)
   text = dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
               depth=m.text_depth, num_heads=m.text_heads,
               mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id,

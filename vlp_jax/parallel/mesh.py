@@ -68,6 +68,18 @@ def initialize_distributed():
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def write_once(path, write, what):
+  """Process 0 calls write() when the file `path` is missing; every process returns once it
+  exists. For run files made from the data (tokenizer, label vocabulary): one host does the
+  work and all hosts read the same file."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from vlp_jax.data.tf_setup import tf  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0 and not tf.io.gfile.exists(path):
+    write()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"{what} written")
+
+
 def describe(mesh):
   return " x ".join(f"{a}={n}" for a, n in mesh.shape.items())
 

@@ -122,7 +122,8 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
-  def _due(self, step, force):
+  def due(self, step, force=False):
+    """Whether `save(step, ...)` saves: on the interval, or when forced."""
     return force or (self.every >= 1 and step % self.every == 0)
 
   def save(self, step, state, position_fn, force=False):
@@ -133,7 +134,7 @@ class Checkpointer:
     """
     if self.read_only:
       raise RuntimeError(f"Checkpointer of {self.directory} is read-only")
-    if not self._due(step, force) or step in self._saved or step in self.manager.all_steps():
+    if not self.due(step, force) or step in self._saved or step in self.manager.all_steps():
       return False
     position = position_fn() if callable(position_fn) else position_fn
     positions = np.asarray(multihost_utils.process_allgather(np.asarray([position], np.int64)))

@@ -274,7 +274,7 @@ def train(config, workdir, allow_config_change=False):
       for hook in hooks:
         hook(step)
       logs = step % c.train.log_every == 0 or step == c.train.steps
-      saves = step % c.train.checkpoint_every == 0
+      saves = s.checkpointer.due(step)
       preempted = stop.requested or s.checkpointer.reached_preemption(step)
       if logs or saves or preempted:
         values = jax.device_get(metrics)

@@ -38,20 +38,16 @@ def optimizer_for(family, tx):
   optimizer state (optax.multi_transform with set_to_zero, as big_vision's schedule=None).
   Families with nothing frozen keep `tx` itself, so their optimizer state is unchanged."""
   def labels(params):
-    mask = frozen_mask(family, params)
-    return jax.tree.map(lambda f: "frozen" if f else "train", mask)
+    return jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(family, params))
+
+  masked = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  pick = lambda params: tx if frozen_mask(family, params) is None else masked
 
   def init(params):
-    if frozen_mask(family, params) is None:
-      return tx.init(params)
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                 labels).init(params)
+    return pick(params).init(params)
 
   def update(updates, state, params=None):
-    if frozen_mask(family, params) is None:
-      return tx.update(updates, state, params)
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                 labels).update(updates, state, params)
+    return pick(params).update(updates, state, params)
   return optax.GradientTransformation(init, update)
 
 
