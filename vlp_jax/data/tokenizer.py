@@ -1,6 +1,10 @@
 """SentencePiece tokenizer: trained on the training captions unless a model file is given.
 
 Token layout matches what the text tower expects: pieces, then EOS, padded with 0; no BOS.
+`encode(texts, prefix=id)` puts one special id first ([CLS] for BERT-style encoders, [DEC]
+for BLIP's decoder). Ids: pad 0, unk 1, eos 2, then the user-defined symbols [CLS] 3,
+[MASK] 4, [ENC] 5, [DEC] 6 (tokenizers trained here; one trained elsewhere may lack them,
+which only `special_id` minds).
 Run `python -m vlp_jax.data.tokenizer --data=SPEC --vocab_size=N --out=PATH` to train one
 ahead of a run and pass it as config.data.tokenizer.
 """
@@ -14,23 +18,41 @@ import sentencepiece as spm
 from vlp_jax.data.tf_setup import tf
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+# Name -> piece of the user-defined symbols train_tokenizer adds, in id order (3, 4, 5, 6).
+# User-defined, not control, symbols: sentencepiece encodes and decodes them like pieces.
+SPECIAL_PIECES = {"cls": "[CLS]", "mask": "[MASK]", "enc": "[ENC]", "dec": "[DEC]"}
+
+
+def _train_bpe(captions, vocab_size, model):
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size,
+      hard_vocab_limit=False,  # small caption sets have fewer pieces than asked for
+      model_type="bpe", character_coverage=1.0, num_threads=1,
+      pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
+      user_defined_symbols=list(SPECIAL_PIECES.values()),  # ids 3.. after pad, unk, eos
+      minloglevel=2)
 
 
 def train_tokenizer(captions, vocab_size, out_path):
   """Trains a BPE model on `captions` deterministically and writes it to `out_path`.
 
   BPE rather than unigram: on tiny caption sets unigram stops at near-character pieces.
+  The vocabulary holds pad 0, unk 1, eos 2, [CLS] 3, [MASK] 4, [ENC] 5, [DEC] 6, then the
+  learned pieces (the four symbols count towards vocab_size).
   """
   captions = [c for c in captions if c.strip()]
   if not captions:
     raise ValueError(f"No captions to train the tokenizer for {out_path!r} on")
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size,
-      hard_vocab_limit=False,  # small caption sets have fewer pieces than asked for
-      model_type="bpe", character_coverage=1.0, num_threads=1,
-      pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
-      minloglevel=2)
+  try:
+    _train_bpe(captions, vocab_size, model)
+  except RuntimeError as e:
+    if "required_chars" not in str(e):
+      raise
+    raise ValueError(
+        f"vocab_size={vocab_size} is too small for the tokenizer {out_path!r}: it must hold "
+        f"every character of the captions plus pad, unk, eos and the {len(SPECIAL_PIECES)} "
+        f"special symbols ({e})") from None
   folder = os.path.dirname(out_path) or "."
   tf.io.gfile.makedirs(folder)
   # Written under a temporary name and renamed, so concurrent hosts never read half a file;
@@ -55,7 +77,7 @@ def _train_once(config, path):
 
 
 class Tokenizer:
-  """Encodes captions to fixed-length int32 ids: pieces, EOS, then pad_id=0."""
+  """Encodes captions to fixed-length int32 ids: [prefix], pieces, EOS, then pad_id=0."""
 
   pad_id = 0
 
@@ -68,24 +90,71 @@ class Tokenizer:
     self.eos_id = self.sp.eos_id()
     if self.eos_id < 0:
       raise ValueError(f"Tokenizer {model_path!r} has no EOS piece; train it with eos_id set")
+    self.unk_id = self.sp.unk_id()
+    # Name -> id of the special symbols the model has (piece_to_id answers unk when absent).
+    self._specials = {}
+    for name, piece in SPECIAL_PIECES.items():
+      i = self.sp.piece_to_id(piece)
+      if i != self.unk_id and not self.sp.is_unknown(i):
+        self._specials[name] = i
 
-  def encode(self, texts):
-    """np.int32 [len(texts), context_length]; truncated sequences keep EOS last."""
+  def special_id(self, name):
+    """Id of a special symbol: name is one of "cls", "mask", "enc", "dec"."""
+    if name not in SPECIAL_PIECES:
+      raise ValueError(f"Unknown special symbol {name!r}; one of {sorted(SPECIAL_PIECES)}")
+    if name not in self._specials:
+      raise ValueError(
+          f"Tokenizer {self.model_path!r} has no {SPECIAL_PIECES[name]} symbol, which this "
+          f"model family needs: set config.data.tokenizer to one trained by `python -m "
+          f"vlp_jax.data.tokenizer` (it adds {' '.join(SPECIAL_PIECES.values())}), or leave it "
+          f"empty in a new workdir to train one there")
+    return self._specials[name]
+
+  def special_ids(self):
+    """Sorted tuple of the ids never masked, predicted as a masked token or drawn as a
+    random replacement: pad, unk, eos and those of [CLS], [MASK], [ENC], [DEC] the model has.
+
+    unk is included: a masked-LM target of unk teaches nothing and a random unk input is
+    noise no caption contains. It still decodes, see `decode`.
+    """
+    ids = {self.pad_id, self.unk_id, self.eos_id, *self._specials.values()}
+    return tuple(sorted(i for i in ids if i >= 0))
+
+  def encode(self, texts, prefix=None):
+    """np.int32 [len(texts), context_length]: [prefix,] pieces, EOS, pad 0.
+
+    `prefix`, an int id (e.g. `special_id("cls")`), goes first in every row. Truncated
+    rows keep the prefix first and EOS last.
+    """
     length = self.context_length
+    head = []
+    if prefix is not None:
+      prefix = int(prefix)
+      if not 0 <= prefix < self.vocab_size:
+        raise ValueError(f"prefix={prefix} is not an id of tokenizer {self.model_path!r} "
+                         f"(vocab_size {self.vocab_size})")
+      if length < 2:
+        raise ValueError(f"context_length={length} leaves no room for prefix and EOS")
+      head = [prefix]
     out = np.full((len(texts), length), self.pad_id, np.int32)
     for row, ids in enumerate(self.sp.encode(list(texts), out_type=int)):
-      ids = ids[:length - 1] + [self.eos_id]
+      ids = head + ids[:length - 1 - len(head)] + [self.eos_id]
       out[row, :len(ids)] = ids
     return out
 
   def decode(self, tokens):
-    """Text of each row, up to its first EOS."""
+    """Text of each row, up to its first EOS, without pad and [CLS]/[MASK]/[ENC]/[DEC].
+
+    unk is kept (sentencepiece writes it as a double question mark): dropping it would
+    hide lost text.
+    """
+    skip = {self.pad_id, *self._specials.values()}
     texts = []
     for row in np.asarray(tokens):
       ids = [int(i) for i in row]
       if self.eos_id in ids:
         ids = ids[:ids.index(self.eos_id)]
-      texts.append(self.sp.decode([i for i in ids if i != self.pad_id]))
+      texts.append(self.sp.decode([i for i in ids if i not in skip]))
     return texts
 
 
