@@ -285,3 +285,121 @@ def test_temporary_memory_is_a_chunk_not_the_logits():
   assert fused < 0.5 * logits_bytes < logits_bytes < plain
   # Doubling L adds only L-sized buffers, no more logits.
   assert temp_bytes(fused_total(64), 128) - fused < 0.05 * logits_bytes
+
+
+# --- Distillation: a soft target mixed in from a teacher (ALBEF's momentum-model MLM). ---
+
+DT = 12  # the teacher's width differs from the student's D
+
+
+def make_teacher(b=B, seed=7):
+  rng = np.random.default_rng(seed)
+  return ((rng.normal(size=(b, L, DT))).astype(np.float32),
+          (0.4 * rng.normal(size=(DT, V))).astype(np.float32),
+          rng.normal(size=(V,)).astype(np.float32))
+
+
+def distill_reference(hidden, kernel, bias, labels, weights, teacher, alpha):
+  """float64 numpy: target t = (1 - alpha) onehot + alpha softmax(teacher); (total, nll,
+  correct) and the gradients of total, w * (softmax - t) through the logits."""
+  h, k = hidden.astype(np.float64), kernel.astype(np.float64)
+  logits = h @ k + (0.0 if bias is None else bias.astype(np.float64))
+  th, tk, tb = (np.asarray(a, np.float64) for a in teacher)
+  t_logits = th @ tk + tb
+  t_probs = np.exp(t_logits - t_logits.max(-1, keepdims=True))
+  t_probs /= t_probs.sum(-1, keepdims=True)
+  target = (1 - alpha) * np.eye(V)[labels] + alpha * t_probs
+  m = logits.max(axis=-1, keepdims=True)
+  lse = m[..., 0] + np.log(np.exp(logits - m).sum(axis=-1))
+  nll = lse - np.sum(target * logits, axis=-1)
+  correct = (logits.argmax(axis=-1) == labels).astype(np.float64)
+  d_logits = weights[..., None] * (np.exp(logits - lse[..., None]) - target)
+  grads = (d_logits @ k.T, np.einsum("bld,blv->dv", h, d_logits), d_logits.sum(axis=(0, 1)))
+  return np.sum(weights * nll), nll, correct, grads
+
+
+def distill_fn(chunk, alpha, teacher_given=True):
+  """jit of (total, nll, correct) and d total / d (hidden, kernel, bias)."""
+  def fn(h, k, b, labels, w, teacher):
+    kw = dict(teacher=teacher, teacher_weight=alpha) if teacher_given else {}
+    total_fn = lambda h, k, b: fused_cross_entropy(h, k, b, labels, w, chunk, **kw)[0]
+    return (fused_cross_entropy(h, k, b, labels, w, chunk, **kw),
+            jax.grad(total_fn, argnums=(0, 1, 2))(h, k, b))
+  return jax.jit(fn)
+
+
+def padded_inputs(b=B, seed=0):
+  """make_inputs with trailing padding in each row too, so that chunks of 3 give several
+  steps of which the last hold only weight-0 positions (skipped)."""
+  h, k, b_, labels, w = make_inputs(b, seed)
+  w[:, L - 3:] = 0.0
+  return h, k, b_, labels, w
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_distillation_matches_float64_reference(alpha):
+  h, k, b, labels, w = padded_inputs()
+  teacher = make_teacher()
+  (total, nll, correct), grads = distill_fn(3, alpha)(h, k, b, labels, w, teacher)
+  # B*L = 28 positions in ten steps of 3, packed: at least one step holds only padding and
+  # is skipped (its nll exactly 0), at least two are computed.
+  assert np.sum(np.asarray(nll)[w == 0] == 0) >= 3 and np.count_nonzero(w) > 3
+  ref_total, ref_nll, ref_correct, ref_grads = distill_reference(h, k, b, labels, w, teacher,
+                                                                 alpha)
+  np.testing.assert_allclose(total, ref_total, rtol=1e-5)
+  assert_weighted_close(nll, ref_nll, w, rtol=1e-5, atol=1e-5)
+  assert_weighted_close(correct, ref_correct, w, rtol=0, atol=0)
+  for g, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5)
+  assert not np.any(grads[0][1])  # a fully-masked row gets no gradient
+  if alpha == 0.0:  # exactly the loss without a teacher
+    want = distill_fn(3, alpha, teacher_given=False)(h, k, b, labels, w, teacher)
+    for g, ref in zip(jax.tree.leaves(((total, nll, correct), grads)), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(g, ref)
+
+
+def test_distillation_teacher_gets_no_gradient_and_no_matmul():
+  h, k, b, labels, w = padded_inputs()
+  teacher = make_teacher()
+  t_bias_none = teacher[:2] + (None,)
+
+  def total(h, k, b, th, tk, tb):
+    return fused_cross_entropy(h, k, b, labels, w, 3, teacher=(th, tk, tb),
+                               teacher_weight=0.4)[0]
+  grads = jax.jit(jax.grad(total, argnums=(0, 1, 2, 3, 4, 5)))(h, k, b, *teacher)
+  assert all(np.any(g) for g in grads[:3])
+  assert not any(np.any(g) for g in grads[3:])
+  # Logits, teacher logits, d_hidden, d_kernel, d_bias: no matmul differentiates the teacher.
+  spec = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+          for a in (h, k, b) + teacher]
+  jaxpr = str(jax.make_jaxpr(jax.value_and_grad(total, argnums=(0, 1, 2, 3, 4, 5)))(*spec))
+  assert jaxpr.count("dot_general") == 5
+  # A teacher without bias, and one whose shapes do not fit, or alpha outside [0, 1].
+  fused_cross_entropy(h, k, b, labels, w, 3, teacher=t_bias_none, teacher_weight=0.5)
+  with pytest.raises(ValueError, match="do not fit"):
+    fused_cross_entropy(h, k, b, labels, w, 3, teacher=(teacher[0], teacher[1][:, :-1], None),
+                        teacher_weight=0.5)
+  with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+    fused_cross_entropy(h, k, b, labels, w, 3, teacher=teacher, teacher_weight=1.5)
+  with pytest.raises(ValueError, match="needs a teacher"):
+    fused_cross_entropy(h, k, b, labels, w, 3, teacher_weight=0.5)
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (8, 1, 1)],
+                         ids=["data2_fsdp2_model2", "data8"])
+def test_distillation_on_a_mesh_matches_one_device(mesh_shape):
+  """On a current (data, fsdp, model) mesh, rows over the batch axes and, with model=2, V
+  split (the teacher's logsumexp formed over both slices): the mesh-less result."""
+  h, k, b, labels, w = padded_inputs(b=8, seed=1)
+  teacher = make_teacher(b=8, seed=2)
+  fn = distill_fn(3, 0.4)
+  want = fn(h, k, b, labels, w, teacher)
+  with jax.set_mesh(_mesh(mesh_shape)):
+    got = fn(h, k, b, labels, w, teacher)
+  on = w != 0  # weight-0 positions: computed or skipped (0) depending on the packing
+  for g, ref in zip(jax.tree.leaves(got[0][1:]), jax.tree.leaves(want[0][1:])):
+    np.testing.assert_allclose(np.asarray(g)[on], np.asarray(ref)[on], rtol=1e-5, atol=1e-5)
+  for g, ref in zip(jax.tree.leaves((got[0][0], got[1])), jax.tree.leaves((want[0][0], want[1]))):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
+  ref_total = distill_reference(h, k, b, labels, w, teacher, 0.4)[0]
+  np.testing.assert_allclose(got[0][0], ref_total, rtol=1e-5)
