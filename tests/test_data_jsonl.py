@@ -125,7 +125,7 @@ def test_a_directory_is_not_a_missing_file(tmp_path):
     f.write(json.dumps({"image": "images/gone.png", "caption": "missing"}) + "\n")
   c = config_lib.base_config()
   c.model.image_size, c.model.context_length = 16, 8
-  tok = data.Tokenizer(data.train_tokenizer(["caption 0 1 2"] * 5, 16,
+  tok = data.Tokenizer(data.train_tokenizer(["caption 0 1 2"] * 5, 32,
                                             str(tmp_path / "t.model")), 8)
   ev = data.load_eval_set("jsonl:" + folder, c, tok)
   assert len(ev.captions) == 3

@@ -28,7 +28,7 @@ def eval_folder(tmp_path_factory):
   folder = jsonl_writer.write_jsonl_folder(
       str(tmp_path_factory.mktemp("eval") / "wide"),
       [(f"{i}.png", _png(a), f"picture {i}") for i, a in enumerate(arrays)])
-  tok = data.Tokenizer(data.train_tokenizer(["picture one two"], 16,
+  tok = data.Tokenizer(data.train_tokenizer(["picture one two"], 32,
                                             str(tmp_path_factory.mktemp("tok") / "t.model")), 8)
   return folder, arrays, tok
 
@@ -36,7 +36,7 @@ def eval_folder(tmp_path_factory):
 def _load(eval_folder, resize):
   folder, _, tok = eval_folder
   c = config_lib.base_config()
-  c.model.image_size, c.model.context_length, c.model.vocab_size = SIZE, 8, 16
+  c.model.image_size, c.model.context_length, c.model.vocab_size = SIZE, 8, 32
   c.data.eval_resize = resize
   return data.load_eval_set("jsonl:" + folder, c, tok)
 
