@@ -383,6 +383,15 @@ def test_distillation_teacher_gets_no_gradient_and_no_matmul():
     fused_cross_entropy(h, k, b, labels, w, 3, teacher=teacher, teacher_weight=1.5)
   with pytest.raises(ValueError, match="needs a teacher"):
     fused_cross_entropy(h, k, b, labels, w, 3, teacher_weight=0.5)
+  # alpha traced (ALBEF ramps it every step): one compile, the Python float's values.
+  traced = jax.jit(lambda a: jax.value_and_grad(
+      lambda h: fused_cross_entropy(h, k, b, labels, w, 3, teacher=teacher,
+                                    teacher_weight=a)[0])(h))
+  for alpha in (0.25, 0.4):
+    want = jax.value_and_grad(lambda h: fused_cross_entropy(
+        h, k, b, labels, w, 3, teacher=teacher, teacher_weight=alpha)[0])(h)
+    for got, ref in zip(jax.tree.leaves(traced(jnp.float32(alpha))), jax.tree.leaves(want)):
+      np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (8, 1, 1)],

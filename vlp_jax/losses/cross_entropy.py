@@ -68,7 +68,7 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
       or None), a distillation teacher (e.g. a momentum model) over the same positions and
       vocabulary; constants: stop-gradient, never differentiated. Its matmul runs in
       teacher_hidden's dtype.
-    teacher_weight: alpha, a Python float in [0, 1] (static: each value compiles anew); the
+    teacher_weight: alpha in [0, 1], a Python float or a traced scalar (ALBEF ramps it); the
       target is (1 - alpha) * onehot(label) + alpha * softmax(teacher logits). 0 ignores
       the teacher (not computed); nonzero needs one.
   Returns:
@@ -83,18 +83,19 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
     raise ValueError(f"chunk must be a positive integer, got {chunk}")
   if int(groups) < 1:
     raise ValueError(f"groups must be a positive integer, got {groups}")
-  alpha = float(teacher_weight)
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
-  if teacher is None and alpha:
-    raise ValueError(f"teacher_weight={teacher_weight} needs a teacher")
-  if teacher is not None:
-    teacher = _check_teacher(teacher, hidden.shape, kernel.shape)
-    if not alpha:
+  if isinstance(teacher_weight, (int, float)):
+    if not 0.0 <= teacher_weight <= 1.0:
+      raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
+    if teacher is None and teacher_weight:
+      raise ValueError(f"teacher_weight={teacher_weight} needs a teacher")
+    if not teacher_weight:
       teacher = None  # its term is 0 * a finite number: the plain loss, one matmul fewer
+  if teacher is not None:
+    teacher = _check_teacher(teacher, hidden.shape, kernel.shape) + (
+        jnp.asarray(teacher_weight, jnp.float32),)
   labels = jnp.clip(labels, 0, kernel.shape[1] - 1)  # nll, correct and gradient agree
   plan = _plan(jax.sharding.get_abstract_mesh() if mesh is None else mesh, hidden.shape,
-               kernel.shape, int(groups), int(chunk), alpha if teacher is not None else 0.0)
+               kernel.shape, int(groups), int(chunk))
   total, nll, correct = _fused(hidden, kernel, bias, labels, weights, teacher, plan)
   # The custom_vjp ignores their cotangents, so differentiating them would be silently wrong.
   return total, jax.lax.stop_gradient(nll), jax.lax.stop_gradient(correct)
@@ -120,14 +121,13 @@ class _Plan:
 
   mesh None: one loop over the whole arrays. Otherwise shard_map over `mesh`: rows split
   over `batch` (the batch axes of size > 1), V over `vocab` (None: V replicated), and
-  d_kernel's D reduce-scattered over `embed` (None: all-reduced). `alpha`: the teacher's
-  weight in the target (0.0 without a teacher).
+  d_kernel's D reduce-scattered over `embed` (None: all-reduced).
   """
 
-  def __init__(self, groups, chunk, mesh=None, batch=(), vocab=None, embed=None, alpha=0.0):
+  def __init__(self, groups, chunk, mesh=None, batch=(), vocab=None, embed=None):
     self.groups, self.chunk, self.mesh = groups, chunk, mesh
-    self.batch, self.vocab, self.embed, self.alpha = batch, vocab, embed, alpha
-    self._key = (groups, chunk, mesh, batch, vocab, embed, alpha)
+    self.batch, self.vocab, self.embed = batch, vocab, embed
+    self._key = (groups, chunk, mesh, batch, vocab, embed)
 
   def __hash__(self):
     return hash(self._key)
@@ -139,17 +139,16 @@ class _Plan:
     return jax.lax.psum(x, self.batch) if self.batch else x
 
 
-def _plan(mesh, hidden_shape, kernel_shape, groups, chunk, alpha=0.0):
+def _plan(mesh, hidden_shape, kernel_shape, groups, chunk):
   sizes = dict(mesh.shape) if mesh is not None and not mesh.empty else {}
   batch = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
   shards = math.prod(sizes[a] for a in batch)
   d, v = kernel_shape
   vocab = VOCAB_AXIS if sizes.get(VOCAB_AXIS, 1) > 1 and v % sizes[VOCAB_AXIS] == 0 else None
   if (not batch and not vocab) or hidden_shape[0] % shards:
-    return _Plan(math.gcd(groups, hidden_shape[0]), chunk, alpha=alpha)
+    return _Plan(math.gcd(groups, hidden_shape[0]), chunk)
   embed = EMBED_AXIS if EMBED_AXIS in batch and d % sizes[EMBED_AXIS] == 0 else None
-  return _Plan(math.gcd(groups, hidden_shape[0] // shards), chunk, mesh, batch, vocab, embed,
-               alpha)
+  return _Plan(math.gcd(groups, hidden_shape[0] // shards), chunk, mesh, batch, vocab, embed)
 
 
 def _logits(h, kernel, bias):
@@ -158,11 +157,11 @@ def _logits(h, kernel, bias):
   return logits if bias is None else logits + bias.astype(jnp.float32)
 
 
-def _chunk_stats(h, kernel, bias, labels, vocab_axis, teacher=None, alpha=0.0):
+def _chunk_stats(h, kernel, bias, labels, vocab_axis, teacher=None):
   """One chunk's float32 logits [G, c, V'] (V' = this device's slice of V), their
   logsumexp, nll and correct [G, c] over the whole V, and the target distribution over V':
   the labels' one-hot, or with `teacher` (its hidden chunk, kernel, bias) the one-hot mixed
-  with the teacher's softmax, alpha of it."""
+  with the teacher's softmax, alpha of it (teacher: hidden chunk, kernel, bias, alpha)."""
   logits = _logits(h, kernel, bias)
   v = logits.shape[-1]
   if vocab_axis is not None:
@@ -174,7 +173,8 @@ def _chunk_stats(h, kernel, bias, labels, vocab_axis, teacher=None, alpha=0.0):
   target = jnp.where(mine, jnp.take_along_axis(logits, jnp.clip(labels, 0, v - 1)[..., None],
                                                axis=-1)[..., 0], 0.0)
   if teacher is not None:
-    t_logits = _logits(*teacher)
+    alpha = teacher[3]
+    t_logits = _logits(*teacher[:3])
     t_top_mine = jnp.max(t_logits, axis=-1)
     t_exp = jnp.exp(t_logits - t_top_mine[..., None])
     # This slice's teacher (max, sum of exp, sum of exp * student logit): scaled by the
@@ -267,7 +267,7 @@ def _on_mesh(plan, local, out_specs, hidden, kernel, bias, labels, weights, teac
   rows, vocab = P(plan.batch), P(plan.vocab)
   in_specs = (rows, P(None, plan.vocab), vocab, rows, rows)
   if teacher is not None:
-    in_specs += ((rows, P(None, plan.vocab), vocab),)
+    in_specs += ((rows, P(None, plan.vocab), vocab, P()),)
   # The skip test and the carries vary by device: shard_map's replication checks would
   # reject the loop, and nothing here is differentiated through it (custom_vjp).
   return jax.shard_map(local, mesh=plan.mesh, check_vma=False, in_specs=in_specs,
@@ -280,8 +280,8 @@ def _scan_chunks(rows, step, carry, weights, hidden, labels, teacher):
   if teacher is None:
     return rows.scan(lambda cr, w, h, lab: step(cr, w, h, lab, None),
                      carry, weights, hidden, labels)
-  t_hidden, t_kernel, t_bias = teacher
-  return rows.scan(lambda cr, w, h, lab, th: step(cr, w, h, lab, (th, t_kernel, t_bias)),
+  t_hidden, t_kernel, t_bias, alpha = teacher
+  return rows.scan(lambda cr, w, h, lab, th: step(cr, w, h, lab, (th, t_kernel, t_bias, alpha)),
                    carry, weights, hidden, labels, t_hidden)
 
 
@@ -293,7 +293,7 @@ def _fused(hidden, kernel, bias, labels, weights, teacher, plan):
 
     def step(carry, w, h, lab, t):
       del w
-      return carry, _chunk_stats(h, kernel, bias, lab, plan.vocab, t, plan.alpha)[2:4]
+      return carry, _chunk_stats(h, kernel, bias, lab, plan.vocab, t)[2:4]
     _, (nll, correct) = _scan_chunks(rows, step, (), weights, hidden, labels, teacher)
     return plan.reduce_batch(_total(weights, nll)), nll, correct
   rows = P(plan.batch)
@@ -313,8 +313,7 @@ def _fused_fwd(hidden, kernel, bias, labels, weights, teacher, plan):
 
     def step(carry, w, h, lab, t):
       d_kernel, d_bias = carry
-      logits, lse, nll, correct, target = _chunk_stats(h, kernel, bias, lab, plan.vocab, t,
-                                                       plan.alpha)
+      logits, lse, nll, correct, target = _chunk_stats(h, kernel, bias, lab, plan.vocab, t)
       w = w.astype(jnp.float32)[..., None]
       d_logits = w * (jnp.exp(logits - lse[..., None]) - target)
       d_logits_c = d_logits.astype(dtype)
