@@ -90,6 +90,12 @@ def base_config():
   # paper: self-attention, cross-attention, MLP; open_clip: self-attention, MLP,
   # cross-attention to LayerNormed image tokens, MLP (open_clip's MultimodalTransformer).
   c.model.multimodal_layer = "paper"
+  # ALBEF / BLIP (BERT-style text layers): fusion layers above ALBEF's text_depth text
+  # layers; dropout on the text layers' hidden states (BERT: 0.1); the vocabulary head's
+  # output projection is the token embedding's transpose (BERT, BLIP) or its own.
+  c.model.fusion_depth = 2
+  c.model.dropout = 0.0
+  c.model.tie_word_embeddings = True
 
   c.loss = ConfigDict()
   c.loss.contrastive = "allgather"
@@ -99,6 +105,15 @@ def base_config():
   # CatLIP's code) or averaged over labels too (mean); pos_weight > 1 counts missed labels more.
   c.loss.bce_reduction = "batch_mean"
   c.loss.pos_weight = 1.0
+  # ALBEF / BLIP: loss = itc_weight * ITC + itm_weight * ITM + lm_weight * (MLM or LM).
+  c.loss.itc_weight = 1.0
+  c.loss.itm_weight = 1.0
+  c.loss.lm_weight = 1.0
+  c.loss.momentum = 0.995  # EMA of the momentum model
+  c.loss.queue_size = 256  # momentum embeddings kept from earlier batches (0: none; >= batch)
+  c.loss.distill_alpha = 0.4  # targets: (1 - alpha) one-hot + alpha momentum softmax
+  c.loss.distill_ramp_steps = 0  # alpha grows linearly over these first steps (ALBEF: 1 epoch)
+  c.loss.mlm_prob = 0.15  # ALBEF: share of caption tokens masked
 
   c.data = ConfigDict()
   c.data.train = "builtin:shapes:train"
@@ -170,6 +185,7 @@ def base_config():
   c.eval = ConfigDict()
   c.eval.batch_size = 256
   c.eval.max_examples = 0  # 0: the whole split
+  c.eval.itm_top_k = 16  # retrieval_itm: ITC's top k re-ranked by the matching head (COCO: 256)
 
   c.decode = ConfigDict()  # --mode=caption (captioning families: coca)
   c.decode.method = "beam"  # greedy, beam or sample
@@ -314,6 +330,19 @@ def validate(config):
   _require(config.loss.bce_reduction in BCE_REDUCTIONS, "loss.bce_reduction",
            f"{config.loss.bce_reduction!r} is not one of {BCE_REDUCTIONS}")
   _finite_in(config.loss.pos_weight, "loss.pos_weight", 0, None, low_open=True)
+  lo = config.loss
+  for weight in ("itc_weight", "itm_weight", "lm_weight"):
+    _finite_in(lo[weight], f"loss.{weight}", 0, None)
+  _finite_in(lo.momentum, "loss.momentum", 0, 1)
+  _finite_in(lo.distill_alpha, "loss.distill_alpha", 0, 1)
+  _finite_in(lo.mlm_prob, "loss.mlm_prob", 0, 1, low_open=True, high_open=True)
+  _require(lo.distill_ramp_steps >= 0, "loss.distill_ramp_steps", "must be >= 0")
+  _require(lo.queue_size == 0 or lo.queue_size >= t.batch_size, "loss.queue_size",
+           f"{lo.queue_size} must be 0 (no queue) or >= train.batch_size={t.batch_size}")
+  _finite_in(m.dropout, "model.dropout", 0, 1, high_open=True)
+  _require(m.fusion_depth >= 1, "model.fusion_depth", f"must be >= 1, got {m.fusion_depth}")
+  _require(config.eval.itm_top_k >= 1, "eval.itm_top_k",
+           f"must be >= 1, got {config.eval.itm_top_k}")
   if d.probe:
     from vlp_jax.evaluate import probe  # pylint: disable=g-import-not-at-top
     try:

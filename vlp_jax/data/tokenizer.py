@@ -21,6 +21,9 @@ PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 # Name -> piece of the user-defined symbols train_tokenizer adds, in id order (3, 4, 5, 6).
 # User-defined, not control, symbols: sentencepiece encodes and decodes them like pieces.
 SPECIAL_PIECES = {"cls": "[CLS]", "mask": "[MASK]", "enc": "[ENC]", "dec": "[DEC]"}
+# Their ids in a tokenizer train_tokenizer writes (the fusion families check them).
+SPECIAL_IDS = {name: EOS_ID + 1 + i for i, name in enumerate(SPECIAL_PIECES)}
+NEVER_MASKED = (PAD_ID, UNK_ID, EOS_ID) + tuple(SPECIAL_IDS.values())
 
 
 def _train_bpe(captions, vocab_size, model):

@@ -10,6 +10,8 @@ from vlp_jax.families.base import FAMILIES, Family, get_family, register
 from vlp_jax.families.clip import ClipFamily, SiglipFamily
 from vlp_jax.families.coca import CocaFamily
 from vlp_jax.families.catlip import CatlipFamily
+from vlp_jax.families.albef import AlbefFamily
+from vlp_jax.families.blip import BlipFamily
 
 __all__ = ["FAMILIES", "Family", "get_family", "register", "ClipFamily", "SiglipFamily",
-           "CocaFamily", "CatlipFamily"]
+           "CocaFamily", "CatlipFamily", "AlbefFamily", "BlipFamily"]

@@ -16,7 +16,8 @@ Optional, with defaults that do nothing:
   init_state / update_state       non-trainable state (momentum weights, queues, EMAs)
   frozen(params)                  parameters with no gradient and no optimizer state
   constrain(params)               a projection after each update (CLIP's logit clamp)
-  encode_image / encode_text / caption   what the declared EVALUATIONS need
+  encode_image / encode_text / classify / image_context / match / caption
+                                  what the declared EVALUATIONS need
   EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND, USES_TOKENIZER
                                   declarations read by the trainer, validation,
                                   evaluation and describe
@@ -26,13 +27,15 @@ import abc
 # What the evaluators know how to run, and the methods each one needs.
 EVALUATION_NEEDS = {
     "retrieval": ("encode_image", "encode_text"),
+    # ITC's top k re-ranked by a matching head (ALBEF, BLIP)
+    "retrieval_itm": ("encode_image", "encode_text", "image_context", "match"),
     "zeroshot_text": ("encode_image", "encode_text"),
     "zeroshot_head": ("classify", "head_classes"),
     "caption": ("caption",),
     "probe": ("encode_image",),
 }
 CONTRASTIVE_KINDS = (None, "softmax", "sigmoid")
-TEXT_EVALUATIONS = ("retrieval", "zeroshot_text", "caption")  # they need the tokenizer
+TEXT_EVALUATIONS = ("retrieval", "retrieval_itm", "zeroshot_text", "caption")  # they need the tokenizer
 
 FAMILIES = {}
 
@@ -44,7 +47,8 @@ class Family(abc.ABC):
   EVALUATIONS = frozenset()
   # True when the loss reads the batch only through per-example `features` (and the state
   # is not updated per micro-batch), so train/step.py's feature-gradient accumulation gives
-  # the full-batch gradient. False: train.accum_steps > 1 is refused at validation.
+  # the full-batch gradient. False: train.accum_steps > 1 is refused at validation, and
+  # `features` always sees the global batch (ALBEF pairs hard negatives across it).
   EXACT_ACCUMULATION = True
   # The contrastive loss's kind for describe's loss-memory estimate (None: no such term).
   CONTRASTIVE_KIND = None
@@ -143,6 +147,15 @@ class Family(abc.ABC):
     """(rows of the classification head for each class name, the names it cannot score):
     zero-shot by head scores a class by the mean logit of its rows."""
     raise NotImplementedError(f"{type(self).__name__} has no classification head")
+
+  def image_context(self, params, images):
+    """What `match` reads of each image ([b, ...], e.g. its tokens): computed once per
+    image, then paired with many texts."""
+    raise NotImplementedError(f"{type(self).__name__} has no matching head")
+
+  def match(self, params, context, tokens):
+    """[b] matching scores (higher: more likely a pair) of image_context rows and texts."""
+    raise NotImplementedError(f"{type(self).__name__} has no matching head")
 
   def caption(self, params, images, rng=None, **options):
     """Caption tokens [b, L] of images in the tokenizer's layout."""

@@ -77,6 +77,11 @@ class CocaFamily(base.Family):
     return self.module.apply({"params": params}, videos,
                              method=self.module.encode_video_frames)
 
+  @property
+  def start_id(self):
+    """The decoder's first input: EOS doubles as the start symbol (models/coca.py)."""
+    return self.eos_id
+
   def step_fn(self, params):
     """decoding's step_fn: logits [N, V] of one position, with the decoder's KV caches."""
     model = self.decoder
@@ -109,13 +114,13 @@ class CocaFamily(base.Family):
     step = self.step_fn(params)
     if method == "beam":
       cache = self.init_cache(params, images, beam_size, n)
-      tokens, _ = decoding.beam_search(step, cache, b, beam_size, n, self.eos_id, self.eos_id,
-                                       alpha)
+      tokens, _ = decoding.beam_search(step, cache, b, beam_size, n, self.start_id,
+                                       self.eos_id, alpha)
       return tokens[:, 0]
     cache = self.init_cache(params, images, 1, n)
     if method == "greedy":
-      return decoding.greedy(step, cache, b, n, self.eos_id, self.eos_id)
+      return decoding.greedy(step, cache, b, n, self.start_id, self.eos_id)
     if method == "sample":
-      return decoding.sample(step, cache, b, n, self.eos_id, self.eos_id, rng, temperature,
+      return decoding.sample(step, cache, b, n, self.start_id, self.eos_id, rng, temperature,
                              top_k, top_p)
     raise ValueError(f"Unknown decoding method {method!r} (greedy, beam or sample)")

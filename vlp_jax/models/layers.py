@@ -39,10 +39,12 @@ def constrain(x, names):
   return nn.with_logical_constraint(x, names)
 
 
-def layer_norm(dtype=jnp.float32, name=None):
-  """LayerNorm with logically named scale and bias (flax keeps its statistics in float32)."""
+def layer_norm(dtype=jnp.float32, name=None, epsilon=1e-5):
+  """LayerNorm with logically named scale and bias (flax keeps its statistics in float32).
+
+  BERT-style text layers use epsilon 1e-12, the towers here 1e-5 (PyTorch's default)."""
   return nn.LayerNorm(
-      epsilon=1e-5, dtype=dtype, name=name,
+      epsilon=epsilon, dtype=dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("act_embed",)),
       bias_init=zeros_init(("act_embed",)))
 

@@ -32,13 +32,18 @@ class VisionTransformer(nn.Module):
   remat_policy: str = "full"
   scan: bool = False
   pooled_only: bool = False
+  # OpenAI CLIP: a bias-free patch projection and a LayerNorm before the encoder; DeiT/BLIP
+  # ViTs (ALBEF, BLIP) have a patch bias and no such LayerNorm.
+  patch_bias: bool = False
+  pre_norm: bool = True
 
   @nn.compact
   def __call__(self, images):
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=self.patch_bias,
                 dtype=self.dtype, name="patch_embed",
-                kernel_init=layers.dense_init((None, None, None, "embed")))(images.astype(self.dtype))
+                kernel_init=layers.dense_init((None, None, None, "embed")),
+                bias_init=layers.zeros_init(("embed",)))(images.astype(self.dtype))
     batch, h, w, _ = x.shape
     x = x.reshape(batch, h * w, self.width)
     if self.pool == "cls":
@@ -49,7 +54,8 @@ class VisionTransformer(nn.Module):
     pos = layers.param(self, "pos_embedding", (None, "act_embed"),
                        nn.initializers.normal(self.width ** -0.5), (x.shape[1], self.width))
     x = x + pos.astype(x.dtype)
-    x = layers.layer_norm(self.dtype, "ln_pre")(x)
+    if self.pre_norm:
+      x = layers.layer_norm(self.dtype, "ln_pre")(x)
     pooled_only = self.pooled_only and self.pool == "cls"
     rows = jnp.zeros((batch,), jnp.int32) if pooled_only else None
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, activation=self.activation,

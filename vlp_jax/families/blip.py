@@ -1,0 +1,83 @@
+"""BLIP: ITC with momentum distillation and queues, ITM on hard negatives, captioning LM.
+
+loss = itc_weight * ITC + itm_weight * ITM + lm_weight * LM (1, 1, 1 in the paper), the LM
+term the mean cross-entropy over the caption tokens of the global batch, from the decoder
+reading [DEC] + caption with causal self-attention and the image. Captions are decoded
+with the shared KV-cached greedy / beam / nucleus decoders (models/decoding.py).
+"""
+import jax
+import jax.numpy as jnp
+
+from vlp_jax.families import base
+from vlp_jax.families.coca import CocaFamily
+from vlp_jax.families.fusion import FusionFamily
+from vlp_jax.losses import momentum as momentum_loss
+from vlp_jax.models import blip as blip_model
+from vlp_jax.models import fusion
+
+# Text-layer sublayers the momentum (unimodal) encoder never runs.
+_DECODER_OR_CROSS = ("causal_attn", "ln_causal", "cross_attn", "ln_cross")
+
+
+@base.register("blip")
+class BlipFamily(FusionFamily):
+  """ViT + one text stack (unimodal encoder, image-grounded encoder, decoder)."""
+
+  EVALUATIONS = FusionFamily.EVALUATIONS | {"caption"}
+
+  def __init__(self, config, eos_id=1):
+    super().__init__(config, eos_id)
+    self.decoder = blip_model.from_config(config.model, decode=True)
+
+  def build(self, model_config):
+    return blip_model.from_config(model_config)
+
+  def momentum_skip(self, path):
+    return (super().momentum_skip(path) or path[0] == "lm_head"
+            or any(name in path for name in _DECODER_OR_CROSS))
+
+  def features(self, params, batch, rng, state=None):
+    m, mom = self.module, state["momentum"]
+    keys = jax.random.split(rng, 4)
+    tokens = self.prefixed(batch["tokens"], "cls")
+    image_tokens = self.apply(params, m.image_tokens, batch["image"])
+    feats = {"img": self.apply(params, m.image_embedding, image_tokens),
+             "txt": self.apply(params, m.text_embedding, tokens, deterministic=True,
+                               rng=keys[0]),
+             "img_m": self.apply(mom, m.encode_image, batch["image"]),
+             "txt_m": self.apply(mom, m.text_embedding, tokens)}
+
+    scale = self.apply(params, m.logit_scale)
+    neg_text, neg_image = momentum_loss.matching_pairs(
+        feats["img"], feats["txt"], tokens, scale, self.draws(keys[1], tokens.shape[0]))
+    enc = self.prefixed(batch["tokens"], "enc")
+    logits = self.apply(params, m.itm_logits, jnp.concatenate([enc, enc, enc[neg_text]]),
+                        jnp.concatenate([image_tokens, image_tokens[neg_image], image_tokens]),
+                        deterministic=True, rng=keys[2])
+    feats["itm_nll"], feats["itm_correct"] = momentum_loss.itm_losses(
+        logits.reshape(3, tokens.shape[0], 2))
+
+    # The decoder reads [DEC] + caption and predicts each next token.
+    ids = self.prefixed(batch["tokens"], "dec")
+    hidden = self.apply(params, m.decoder_hidden, ids, image_tokens, deterministic=True,
+                        rng=keys[3])
+    kernel, bias = self.apply(params, m.lm_output)
+    labels = ids[:, 1:]
+    weights = (labels != fusion.PAD_ID).astype(jnp.float32)
+    total, nll, correct = fusion.vocabulary_loss(hidden[:, :-1], kernel, bias, labels, weights)
+    feats.update(self.lm_features(total, nll, correct, weights))
+    return feats
+
+  def match(self, params, context, tokens):
+    logits = self.apply(params, self.module.itm_logits, self.prefixed(tokens, "enc"), context)
+    return logits[:, 1] - logits[:, 0]
+
+  # ---- captioning: CoCa's KV-cached decoding over this decoder, [DEC] first --------------
+
+  @property
+  def start_id(self):
+    return self.SPECIAL_IDS["dec"]
+
+  step_fn = CocaFamily.step_fn
+  init_cache = CocaFamily.init_cache
+  caption = CocaFamily.caption
