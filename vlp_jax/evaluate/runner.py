@@ -2,7 +2,9 @@
 
 Metric names: `zeroshot/<set>_<task>/top1|top5|chance` and
 `retrieval/<set>/t2i_r1|...|i2t_r10` (plus `_chance` levels), where <set> is the dataset's
-short name (e.g. `shapes`, `emoji_noto`) and <task> the labelled attribute.
+short name (e.g. `shapes`, `emoji_noto`) and <task> the labelled attribute;
+`retrieval_itm/<set>/...` the same recalls with each query's ITC top k re-ranked by the
+family's matching head (ALBEF, BLIP).
 """
 import time
 
@@ -33,6 +35,9 @@ class Encoder:
     self._text = self.jit(family.encode_text)
     self._image = self.jit_on_images(family.encode_image)
     self._classify = self.jit_on_images(family.classify)
+    self._context = self.jit_on_images(family.image_context)
+    self._match = jax.jit(family.match, in_shardings=(None, self._sharding, self._sharding),
+                          out_shardings=sharding.replicated(self.mesh))
     self.family = family
 
   def jit(self, fn):
@@ -45,13 +50,15 @@ class Encoder:
     return self.jit(lambda params, images: fn(params, preprocess.normalize_on_device(images)))
 
   def _batches(self, fn, params, local_batches):
-    """`fn` over global batches given as this host's rows of each, outputs concatenated."""
+    """`fn` over global batches given as this host's rows of each (an array, or a tuple of
+    arrays for fn(params, *arrays)), outputs concatenated."""
     outs = []
     with sharding.rules_context(), jax.set_mesh(self.mesh):
       for local in local_batches:
-        batch = jax.make_array_from_process_local_data(
-            self._sharding, local, (self.batch_size,) + local.shape[1:])
-        outs.append(np.asarray(fn(params, batch)))
+        parts = local if isinstance(local, tuple) else (local,)
+        batch = [jax.make_array_from_process_local_data(
+            self._sharding, part, (self.batch_size,) + part.shape[1:]) for part in parts]
+        outs.append(np.asarray(fn(params, *batch)))
     return np.concatenate(outs)
 
   def _run(self, fn, params, array):
@@ -96,6 +103,30 @@ class Encoder:
     """Classification-head logits of the usable images of an EvalSet (zero-shot by head)."""
     return self._run_images(self._classify, params, ev)
 
+  def contexts(self, params, ev):
+    """What the matching head reads of each usable image of an EvalSet (family
+    image_context, e.g. its tokens [N, 1 + patches, W]), replicated on every host."""
+    return self._run_images(self._context, params, ev)
+
+  def match_pairs(self, params, contexts, tokens, images, texts):
+    """[P] matching scores of the pairs (contexts[images[p]], tokens[texts[p]]).
+
+    Every host holds `contexts` and `tokens` whole and gathers the rows of its share of
+    each fixed-size batch of pairs on the host; the last batch is padded (one compile).
+    Every host must ask for the same pairs (they come from replicated similarities).
+    """
+    n = len(images)
+    if n == 0:
+      return np.zeros((0,), np.float32)
+    rows = self.layout.rows
+
+    def local_batches():
+      for start in range(0, n, self.batch_size):
+        at = np.minimum(start + rows, n - 1)
+        yield contexts[images[at]], tokens[texts[at]]
+
+    return self._batches(self._match, params, local_batches())[:n]
+
 
 def head_scores(encoder, logits, task):
   """([N, C] scores, share of classes covered) of a task by the family's head: a class
@@ -121,24 +152,74 @@ def class_scores(encoder, params, tokenizer, task, image_emb):
   return image_emb @ (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).T
 
 
+def pair_scorer(encoder, params, contexts, tokens):
+  """fn(texts [P], images [P]) -> [P] matching scores; a pair is scored once however often
+  it is asked for (the two retrieval directions share most of their top-k pairs)."""
+  n_images = len(contexts)
+  known_keys, known = np.zeros((0,), np.int64), np.zeros((0,), np.float32)
+
+  def score(texts, images):
+    nonlocal known_keys, known
+    keys = np.asarray(texts, np.int64) * n_images + np.asarray(images, np.int64)
+    new = np.setdiff1d(keys, known_keys)  # sorted, unique
+    if len(new):
+      values = encoder.match_pairs(params, contexts, tokens, new % n_images, new // n_images)
+      known_keys = np.concatenate([known_keys, new])
+      known = np.concatenate([known, values.astype(np.float32)])
+      order = np.argsort(known_keys, kind="stable")
+      known_keys, known = known_keys[order], known[order]
+    return known[np.searchsorted(known_keys, keys)]
+
+  return score
+
+
+def itm_retrieval(encoder, params, ev, image_emb, text_emb, top_k):
+  """`metrics.retrieval` of an EvalSet where each query's `top_k` candidates by ITC
+  similarity are re-ordered by the family's matching head (`metrics.rerank`): the ALBEF /
+  BLIP protocol. The other candidates keep their ITC order after them.
+
+  Cost: one image_context pass per image, kept on every host as one numpy array (memory
+  N_images x image_context's row, e.g. (1 + patches) x width floats: 5k COCO images of a
+  ViT-B/16 at 384px are ~9 GB in float32) from which each batch of pairs gathers its rows
+  on the host, rather than recomputing contexts per pair; then at most
+  N_texts * k + N_images * k matching passes (text->image and image->text; pairs in both
+  directions' top k are scored once), in fixed-size batches of encoder.batch_size pairs.
+  """
+  contexts = encoder.contexts(params, ev)
+  score = pair_scorer(encoder, params, contexts, ev.tokens)
+  sims = text_emb @ image_emb.T  # [texts, images]
+  t2i = metrics.rerank(sims, top_k, score)
+  i2t = metrics.rerank(sims.T, top_k, lambda images, texts: score(texts, images))
+  return metrics.retrieval(None, None, ev.captions, text_image=getattr(ev, "text_image", None),
+                           scores=(t2i, i2t))
+
+
 def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "zeroshot_text"),
-             probe_sets=()):
+             probe_sets=(), itm_top_k=16):
   """All metrics of all eval sets as one flat dict of floats: only the evaluations the
-  family declares (Family.EVALUATIONS) that this runner knows: retrieval, zero-shot by text
-  prompts or by the classification head, and linear probes on `probe_sets`
-  [(name, train EvalSet, test EvalSet)]."""
+  family declares (Family.EVALUATIONS) that this runner knows: retrieval (also re-ranked
+  by a matching head: retrieval_itm, ITC's top `itm_top_k`, config eval.itm_top_k),
+  zero-shot by text prompts or by the classification head, and linear probes on
+  `probe_sets` [(name, train EvalSet, test EvalSet)]."""
   results = {}
   retrieval, zeroshot = "retrieval" in evaluations, "zeroshot_text" in evaluations
-  by_head = "zeroshot_head" in evaluations
-  for ev in eval_sets if (retrieval or zeroshot or by_head) else ():
+  by_head, itm = "zeroshot_head" in evaluations, "retrieval_itm" in evaluations
+  for ev in eval_sets if (retrieval or itm or zeroshot or by_head) else ():
     start = time.time()
-    img = encoder.images(params, ev) if (retrieval or zeroshot) else None
+    img = encoder.images(params, ev) if (retrieval or itm or zeroshot) else None
     logits = encoder.class_logits(params, ev) if by_head else None
-    if retrieval and getattr(ev, "retrieval", True):
+    if (retrieval or itm) and getattr(ev, "retrieval", True):
       txt = encoder.texts(params, ev.tokens)
-      for key, value in metrics.retrieval(img, txt, ev.captions,
-                                          text_image=getattr(ev, "text_image", None)).items():
-        results[f"retrieval/{ev.name}/{key}"] = value
+      if retrieval:
+        for key, value in metrics.retrieval(img, txt, ev.captions,
+                                            text_image=getattr(ev, "text_image", None)).items():
+          results[f"retrieval/{ev.name}/{key}"] = value
+      if itm:
+        itm_start = time.time()
+        for key, value in itm_retrieval(encoder, params, ev, img, txt, itm_top_k).items():
+          results[f"retrieval_itm/{ev.name}/{key}"] = value
+        logging.info("re-ranked %s's ITC top %d by the matching head in %.1fs", ev.name,
+                     itm_top_k, time.time() - itm_start)
     for task_name, task in ev.zeroshot_tasks.items():
       labels = ev.labels[task_name]
       if not np.any(labels >= 0):

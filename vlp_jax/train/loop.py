@@ -291,7 +291,7 @@ def train(config, workdir, allow_config_change=False):
       if (eval_sets or probe_sets) and c.train.eval_every and step % c.train.eval_every == 0 \
           and step != c.train.steps:
         log.write(step, runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
-                                        s.family.EVALUATIONS, probe_sets))
+                                        s.family.EVALUATIONS, probe_sets, c.eval.itm_top_k))
     if metrics is not None:
       values = jax.device_get(metrics)
       check(values)
@@ -300,7 +300,7 @@ def train(config, workdir, allow_config_change=False):
     s.checkpointer.wait()
     if eval_sets or probe_sets:
       results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
-                                s.family.EVALUATIONS, probe_sets)
+                                s.family.EVALUATIONS, probe_sets, c.eval.itm_top_k)
       if "caption" in s.family.EVALUATIONS:
         # Imported here: the captioner builds on this module (setup) for --mode=caption.
         from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
@@ -331,7 +331,7 @@ def evaluate_checkpoint(config, workdir, step=None, allow_config_change=False):
   encoder = runner.Encoder(s.family, s.mesh, config.eval.batch_size)
   started = time.time()
   results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
-                            s.family.EVALUATIONS, probe_sets)
+                            s.family.EVALUATIONS, probe_sets, config.eval.itm_top_k)
   logging.info("evaluation took %.1fs", time.time() - started)
   s.checkpointer.close()
   return dict(results, step=int(state.step))
