@@ -31,6 +31,9 @@ setuptools.setup(
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         # bench/compare_open_clip.py: open_clip's own models and losses on a CPU torch (the
         # build of torch 2.13.0 that pip finds first on a machine with the CPU wheel).
-        "bench": ["torch==2.13.0", "open_clip_torch==3.3.0"],
+        # transformers + safetensors: the reference implementation and checkpoint format of
+        # HF-released models (models/import_hf_blip.py and its parity tests).
+        "bench": ["torch==2.13.0", "open_clip_torch==3.3.0", "transformers>=5.24,<6",
+                  "safetensors>=0.8,<1"],
     },
 )
