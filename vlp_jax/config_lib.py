@@ -49,7 +49,7 @@ def base_config():
   c.seed = 0
 
   c.model = ConfigDict()
-  c.model.name = "clip"  # a registered family (vlp_jax/families: clip, siglip, coca)
+  c.model.name = "clip"  # a registered family (vlp_jax/families: clip, siglip, coca, catlip, albef, blip)
   # Start from another run's parameters: WORKDIR or WORKDIR:STEP (default: its latest).
   c.model.init_from = ""
   # Which of them: "this/path:checkpoint/path,..." (parameter path prefixes, '/'-separated);
