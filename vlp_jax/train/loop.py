@@ -317,14 +317,20 @@ def train(config, workdir, allow_config_change=False):
   return final
 
 
-def evaluate_checkpoint(config, workdir, step=None, allow_config_change=False):
-  """Evaluates the latest (or the given) checkpoint in workdir on `data.eval`."""
+def restore_for_reading(config, workdir, step=None, allow_config_change=False):
+  """(Setup, train state) of the latest (or the given) checkpoint of an existing run, for
+  tools that only read it (evaluation, CapFilt); nothing in workdir is written."""
   s = setup(config, workdir, reading=True, allow_config_change=allow_config_change)
   restored = s.checkpointer.restore(s.abstract_state, s.shardings, step)
   if restored is None:
     raise ValueError(f"No checkpoint in {s.checkpointer.directory}; train first "
                      f"(--mode=train) or pass --workdir of a trained run")
-  state, _ = restored
+  return s, restored[0]
+
+
+def evaluate_checkpoint(config, workdir, step=None, allow_config_change=False):
+  """Evaluates the latest (or the given) checkpoint in workdir on `data.eval`."""
+  s, state = restore_for_reading(config, workdir, step, allow_config_change)
   eval_sets, probe_sets = load_eval_sets(s)
   if not (eval_sets or probe_sets):
     raise ValueError("Config fields 'data.eval' and 'data.probe' name no evaluation set")
