@@ -230,9 +230,13 @@ def run(config, workdir, data, out, step=None, keep=KEEP, threshold=0.5, top_p=0
   keep = tuple(keep)
   check_options(workdir, data, out, keep, threshold, top_p, max_len, batch_size, fmt,
                 per_shard)
-  if config.model.name != "blip":
+  from vlp_jax import families  # pylint: disable=g-import-not-at-top
+  family_cls = families.FAMILIES.get(config.model.name)
+  needs = {"caption", "retrieval_itm"}  # a captioner and a matching head
+  if family_cls is None or not needs <= family_cls.EVALUATIONS:
+    able = sorted(n for n, f in families.FAMILIES.items() if needs <= f.EVALUATIONS)
     raise ValueError(f"--config: model.name={config.model.name!r} is not a BLIP run; CapFilt "
-                     f"needs BLIP's captioner and matching head (model.name='blip')")
+                     f"needs a captioner and a matching head (families: {', '.join(able)})")
   if max_len > config.model.context_length:
     raise ValueError(f"--max_len={max_len} exceeds model.context_length="
                      f"{config.model.context_length}")
