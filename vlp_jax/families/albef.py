@@ -32,7 +32,7 @@ class AlbefFamily(FusionFamily):
     keys = jax.random.split(rng, 6)
     tokens = self.prefixed(batch["tokens"], "cls")
     image_tokens = self.apply(params, m.image_tokens, batch["image"])
-    hidden = self.apply(params, m.text_hidden, tokens, deterministic=True, rng=keys[0])
+    hidden = self.apply(params, m.text_hidden, tokens, dropout_rng=keys[0])
     feats = {"img": self.apply(params, m.image_embedding, image_tokens),
              "txt": self.apply(params, m.text_embedding, hidden)}
     # The momentum model: the teacher, without dropout.
@@ -48,7 +48,7 @@ class AlbefFamily(FusionFamily):
     fused = self.apply(params, m.fuse, jnp.concatenate([hidden, hidden, hidden[neg_text]]),
                        jnp.concatenate([tokens, tokens, tokens[neg_text]]),
                        jnp.concatenate([image_tokens, image_tokens[neg_image], image_tokens]),
-                       deterministic=True, rng=keys[2])
+                       dropout_rng=keys[2])
     logits = self.apply(params, m.itm_logits, fused).reshape(3, tokens.shape[0], 2)
     feats["itm_nll"], feats["itm_correct"] = momentum_loss.itm_losses(logits)
 
@@ -57,9 +57,8 @@ class AlbefFamily(FusionFamily):
                                           self.config.model.vocab_size,
                                           tokenizer_lib.NEVER_MASKED, self.config.loss.mlm_prob)
     fused = self.apply(params, m.fuse,
-                       self.apply(params, m.text_hidden, masked, deterministic=True,
-                                  rng=keys[4]),
-                       masked, image_tokens, deterministic=True, rng=keys[5])
+                       self.apply(params, m.text_hidden, masked, dropout_rng=keys[4]),
+                       masked, image_tokens, dropout_rng=keys[5])
     head, kernel, bias = self.apply(params, m.mlm_head_io, fused)
     fused_m = self.apply(mom, m.fuse, self.apply(mom, m.text_hidden, masked), masked,
                          image_tokens_m)

@@ -42,8 +42,7 @@ class BlipFamily(FusionFamily):
     tokens = self.prefixed(batch["tokens"], "cls")
     image_tokens = self.apply(params, m.image_tokens, batch["image"])
     feats = {"img": self.apply(params, m.image_embedding, image_tokens),
-             "txt": self.apply(params, m.text_embedding, tokens, deterministic=True,
-                               rng=keys[0]),
+             "txt": self.apply(params, m.text_embedding, tokens, dropout_rng=keys[0]),
              "img_m": self.apply(mom, m.encode_image, batch["image"]),
              "txt_m": self.apply(mom, m.text_embedding, tokens)}
 
@@ -53,14 +52,13 @@ class BlipFamily(FusionFamily):
     enc = self.prefixed(batch["tokens"], "enc")
     logits = self.apply(params, m.itm_logits, jnp.concatenate([enc, enc, enc[neg_text]]),
                         jnp.concatenate([image_tokens, image_tokens[neg_image], image_tokens]),
-                        deterministic=True, rng=keys[2])
+                        dropout_rng=keys[2])
     feats["itm_nll"], feats["itm_correct"] = momentum_loss.itm_losses(
         logits.reshape(3, tokens.shape[0], 2))
 
     # The decoder reads [DEC] + caption and predicts each next token.
     ids = self.prefixed(batch["tokens"], "dec")
-    hidden = self.apply(params, m.decoder_hidden, ids, image_tokens, deterministic=True,
-                        rng=keys[3])
+    hidden = self.apply(params, m.decoder_hidden, ids, image_tokens, dropout_rng=keys[3])
     kernel, bias = self.apply(params, m.lm_output)
     labels = ids[:, 1:]
     weights = (labels != fusion.PAD_ID).astype(jnp.float32)

@@ -115,13 +115,13 @@ class FusionFamily(base.Family):
 
   # ---- forward pieces ---------------------------------------------------------------------
 
-  def apply(self, params, method, *args, rng=None, **kwargs):
-    """module.apply of one method; `rng`: the dropout key (None: no dropout)."""
-    deterministic = rng is None or not self.config.model.dropout
-    if "deterministic" in kwargs:
-      kwargs["deterministic"] = deterministic
-    return self.module.apply({"params": params}, *args, method=method,
-                             rngs=None if deterministic else {"dropout": rng}, **kwargs)
+  def apply(self, params, method, *args, dropout_rng=None):
+    """module.apply of one method; with `dropout_rng` (and model.dropout > 0) the method
+    runs with dropout (it takes `deterministic`), else without."""
+    if dropout_rng is None or not self.config.model.dropout:
+      return self.module.apply({"params": params}, *args, method=method)
+    return self.module.apply({"params": params}, *args, method=method, deterministic=False,
+                             rngs={"dropout": dropout_rng})
 
   def draws(self, rng, batch_size):
     """Uniform draws [B, 2] that pick each row's hard negatives."""
