@@ -10,61 +10,25 @@ Every layer holds two self-attentions (bidirectional, causal); the embeddings,
 cross-attention and MLP weights are one set of arrays that the encoder and the decoder both
 read, as the paper's encoder and decoder share all but the self-attention layers.
 """
-import math
-from typing import Any
-
-import flax.linen as nn
 import jax.numpy as jnp
 
 from vlp_jax.models import fusion
-from vlp_jax.models import layers
 
 
-class Blip(nn.Module):
-  vision: dict
-  text: dict
-  vocab_size: int
-  context_length: int
-  text_width: int
-  text_depth: int
-  embed_dim: int
-  dropout_rate: float = 0.0
-  tied: bool = True
-  logit_scale_init: float = 1 / 0.07
-  dtype: Any = jnp.float32
+class Blip(fusion.AlignFuseModel):
   decode: bool = False
 
   def setup(self):
-    self.image = fusion.ImageEncoder(self.vision, self.embed_dim, dtype=self.dtype)
-    self.embed = fusion.TextEmbedding(self.vocab_size, self.context_length, self.text_width,
-                                      self.dropout_rate, self.dtype)
+    self.setup_shared()
     self.text_layers = fusion.TextStack(self.text_depth, cross_attention=True,
                                         self_attention=("bidirectional", "causal"),
                                         **self.text)
-    self.text_proj = nn.Dense(self.embed_dim, dtype=self.dtype,
-                              kernel_init=layers.dense_init(("embed", "joint")),
-                              bias_init=layers.zeros_init(("joint",)))
     self.lm_head = fusion.VocabularyHead(self.vocab_size, self.text["activation"], self.tied,
                                          dtype=self.dtype)
-    self.itm_head = nn.Dense(2, dtype=self.dtype, kernel_init=layers.dense_init(("embed", None)),
-                             bias_init=layers.zeros_init((None,)))
-    self.log_logit_scale = self.param(
-        "log_logit_scale",
-        nn.with_logical_partitioning(nn.initializers.constant(math.log(self.logit_scale_init)),
-                                     ()), (), jnp.float32)
-
-  def image_tokens(self, images):
-    return self.image.tokens(images)
 
   def caption_context(self, images):
     """What the decoder cross-attends to: every image token."""
-    return self.image.tokens(images)
-
-  def image_embedding(self, tokens):
-    return self.image.embedding(tokens)
-
-  def encode_image(self, images):
-    return self.image.embedding(self.image.tokens(images))
+    return self.image_tokens(images)
 
   def text_embedding(self, tokens, deterministic=True):
     """Unimodal encoder on [CLS]-first tokens -> L2-normalised embedding [B, E]."""
@@ -95,23 +59,14 @@ class Blip(nn.Module):
 
   def lm_logits(self, ids, image_tokens):
     """[B, L, V] next-token logits (evaluation and tests; training uses the fused loss)."""
-    hidden = self.decoder_hidden(ids, image_tokens)
-    kernel, bias = self.lm_output()
-    return (jnp.dot(hidden, kernel.astype(hidden.dtype)) + bias.astype(hidden.dtype)).astype(
-        jnp.float32)
+    return self.vocabulary_logits(self.decoder_hidden(ids, image_tokens), *self.lm_output())
 
   def decode_step(self, ids, position, context=None):
     """Decode mode: logits [B, T, V] of `ids` at `position`...; the first call (context
     given, full length) sizes the caches and stores the image keys/values."""
     x = self.embed(ids, position)
     x = self.text_layers(x, None, context, mode="causal")
-    kernel, bias = self.lm_output()
-    hidden = self.lm_head(x)
-    return (jnp.dot(hidden, kernel.astype(hidden.dtype)) + bias.astype(hidden.dtype)).astype(
-        jnp.float32)
-
-  def logit_scale(self):
-    return jnp.exp(self.log_logit_scale)
+    return self.vocabulary_logits(self.lm_head(x), *self.lm_output())
 
   def init_all(self, images, tokens):
     """Touches every parameter once (initialisation)."""
@@ -125,8 +80,4 @@ def from_config(m, decode=False):
   """Blip from `config.model`: one stack of text_depth layers of width text_width; the ViT
   in BLIP's layout (patch bias, no LayerNorm before the encoder). decode=True: the same
   weights with KV caches, for models/decoding.py."""
-  return Blip(vision=fusion.vision_dims(m), text=fusion.text_dims(m, decode),
-              vocab_size=m.vocab_size, context_length=m.context_length,
-              text_width=m.text_width, text_depth=m.text_depth, embed_dim=m.embed_dim,
-              dropout_rate=m.dropout, tied=m.tie_word_embeddings,
-              logit_scale_init=m.logit_scale_init, dtype=jnp.dtype(m.dtype), decode=decode)
+  return Blip(decode=decode, **fusion.shared_fields(m, decode))

@@ -13,6 +13,7 @@ self-attention and share every other weight between the two.
 Dropout is applied where BERT applies it to hidden states (embeddings, each sublayer's
 output); attention probabilities are not dropped (fused attention kernels have no dropout).
 """
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -212,6 +213,55 @@ class ImageEncoder(nn.Module):
     return normalize(self.proj(tokens[:, 0]))
 
 
+class AlignFuseModel(nn.Module):
+  """What ALBEF and BLIP modules share: the image encoder and its projection, the token
+  embedding, the text projection, the ITM head and the logit scale (`setup_shared`, called
+  first by each subclass's setup), and the image-side methods."""
+  vision: dict
+  text: dict
+  vocab_size: int
+  context_length: int
+  text_width: int
+  text_depth: int
+  embed_dim: int
+  dropout_rate: float = 0.0
+  tied: bool = True
+  logit_scale_init: float = 1 / 0.07
+  dtype: Any = jnp.float32
+
+  def setup_shared(self):
+    self.image = ImageEncoder(self.vision, self.embed_dim, dtype=self.dtype)
+    self.embed = TextEmbedding(self.vocab_size, self.context_length, self.text_width,
+                               self.dropout_rate, self.dtype)
+    self.text_proj = nn.Dense(self.embed_dim, dtype=self.dtype,
+                              kernel_init=layers.dense_init(("embed", "joint")),
+                              bias_init=layers.zeros_init(("joint",)))
+    self.itm_head = nn.Dense(2, dtype=self.dtype, kernel_init=layers.dense_init(("embed", None)),
+                             bias_init=layers.zeros_init((None,)))
+    self.log_logit_scale = self.param(
+        "log_logit_scale",
+        nn.with_logical_partitioning(nn.initializers.constant(math.log(self.logit_scale_init)),
+                                     ()), (), jnp.float32)
+
+  def image_tokens(self, images):
+    """All image tokens [B, 1 + N, W]: what fusion and matching attend to."""
+    return self.image.tokens(images)
+
+  def image_embedding(self, tokens):
+    return self.image.embedding(tokens)
+
+  def encode_image(self, images):
+    return self.image.embedding(self.image.tokens(images))
+
+  def logit_scale(self):
+    return jnp.exp(self.log_logit_scale)
+
+  def vocabulary_logits(self, hidden, kernel, bias):
+    """[B, L, V] float32 logits of a vocabulary head's input (evaluation and tests)."""
+    return (jnp.dot(hidden, kernel.astype(hidden.dtype)) + bias.astype(hidden.dtype)).astype(
+        jnp.float32)
+
+
 def with_prefix(tokens, prefix_id, eos_id):
   """[prefix, pieces..., EOS, pad] from the tokenizer's [pieces..., EOS, pad], same length:
   the first id of a BERT-style input says what reads it ([CLS], [ENC], [DEC]). A caption
@@ -229,6 +279,15 @@ def text_dims(m, decode=False, **extra):
               activation=m.activation, dropout_rate=m.dropout, dtype=jnp.dtype(m.dtype),
               remat=m.remat and not decode, remat_policy=m.remat_policy, scan=m.scan,
               decode=decode, **extra)
+
+
+def shared_fields(m, decode=False):
+  """AlignFuseModel's fields from `config.model`."""
+  return dict(vision=vision_dims(m), text=text_dims(m, decode), vocab_size=m.vocab_size,
+              context_length=m.context_length, text_width=m.text_width,
+              text_depth=m.text_depth, embed_dim=m.embed_dim, dropout_rate=m.dropout,
+              tied=m.tie_word_embeddings, logit_scale_init=m.logit_scale_init,
+              dtype=jnp.dtype(m.dtype))
 
 
 def vision_dims(m):
