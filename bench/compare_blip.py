@@ -93,7 +93,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tiny_spec import VLP_OPTIONS, parse_overrides  # pylint: disable=wrong-import-position
+from tiny_spec import SPEC, VLP_OPTIONS, parse_overrides  # pylint: disable=wrong-import-position
 
 PREFIX = "@@ "
 PAD, EOS, CLS, ENC, DEC = 0, 2, 3, 5, 6  # vlp_jax.data.tokenizer's ids
@@ -107,26 +107,41 @@ SETTINGS = {
 
 # ----------------------------------------------------------------------------- shared
 
-def blip_config(batch_size=64, overrides=None):
-  """configs/blip_base.py:variant=tiny at `batch_size`, on this host's devices."""
+# The sizes compared (`--spec`): tiny_spec = bench/tiny_spec.py's SPEC (the CLIP/CoCa
+# comparison's) applied to BLIP's towers; blip_tiny = configs/blip_base.py:variant=tiny as is.
+SPECS = {
+    "tiny_spec": {
+        "model.image_size": SPEC["image_size"], "model.patch_size": SPEC["patch_size"],
+        "model.vision_width": SPEC["width"], "model.text_width": SPEC["width"],
+        "model.vision_depth": SPEC["depth"], "model.text_depth": SPEC["depth"],
+        "model.vision_heads": SPEC["heads"], "model.text_heads": SPEC["heads"],
+        "model.context_length": SPEC["context"], "model.vocab_size": SPEC["vocab"],
+        "model.embed_dim": SPEC["embed_dim"]},
+    "blip_tiny": {},
+}
+
+
+def blip_config(batch_size=64, overrides=None, spec="tiny_spec"):
+  """configs/blip_base.py:variant=tiny with `spec`'s sizes (SPECS) at `batch_size`, on this
+  host's devices; then `overrides`."""
   import importlib.util
   from vlp_jax import config_lib
-  spec = importlib.util.spec_from_file_location(
+  loader = importlib.util.spec_from_file_location(
       "blip_base", os.path.join(ROOT, "configs", "blip_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
   c = module.get_config("variant=tiny")
   c.train.batch_size = batch_size
   c.mesh.data, c.mesh.fsdp, c.mesh.model = -1, 1, 1
-  c.update_from_flattened_dict(overrides or {})
+  c.update_from_flattened_dict({**SPECS[spec], **(overrides or {})})
   config_lib.validate(c)
   return c
 
 
-def torch_spec(batch_size):
+def torch_spec(batch_size, spec):
   """The config fields the torch side reads, as JSON: the torch worker must not import
   vlp_jax's families (config_lib.validate loads jax and more), or its RSS would count them."""
-  c = blip_config(batch_size)
+  c = blip_config(batch_size, spec=spec)
   return json.dumps({part: c[part].to_dict() for part in ("model", "optim", "loss")})
 
 
@@ -381,15 +396,15 @@ def matmul_peak(matmul, n=2048, repeats=10):
   return best
 
 
-def vlp_train_step(batch_size, overrides):
-  """The trainer's jitted step for blip tiny, a fresh state and the benchmark batch."""
+def vlp_train_step(batch_size, overrides, spec):
+  """The trainer's jitted step for BLIP at `spec`, a fresh state and the benchmark batch."""
   import jax.numpy as jnp
   from vlp_jax import families
   from vlp_jax.parallel import mesh as mesh_lib
   from vlp_jax.train import optimizer, state as state_lib
   from vlp_jax.train.step import make_train_step
 
-  config = blip_config(batch_size, overrides)
+  config = blip_config(batch_size, overrides, spec)
   family = families.get_family(config, eos_id=EOS)
   mesh = mesh_lib.make_mesh(config.mesh)
   tx, lr_fn = optimizer.make(config)
@@ -400,7 +415,7 @@ def vlp_train_step(batch_size, overrides):
   return step, state, batch
 
 
-def jax_worker(batch_size, warmup, overrides, flops):
+def jax_worker(batch_size, warmup, overrides, flops, spec):
   import importlib
   import jax
   import jax.numpy as jnp
@@ -414,7 +429,7 @@ def jax_worker(batch_size, warmup, overrides, flops):
   peak = matmul_peak(lambda x=a: mm(x).block_until_ready())
   del a
 
-  step, state, batch = vlp_train_step(batch_size, overrides)
+  step, state, batch = vlp_train_step(batch_size, overrides, spec)
   xla_flops = None
   if flops:  # XLA counts a scanned body once: only meaningful unrolled
     cost = step.lower(state, batch).compile().cost_analysis()
@@ -438,7 +453,7 @@ def jax_worker(batch_size, warmup, overrides, flops):
                        params=int(sum(x.size for x in jax.tree.leaves(holder["state"].params)))))
 
 
-def torch_worker(batch_size, warmup, foreach, spec, threads):
+def torch_worker(batch_size, warmup, foreach, torch_config, threads):
   import numpy as np
   import torch
   if threads:
@@ -451,7 +466,7 @@ def torch_worker(batch_size, warmup, foreach, spec, threads):
   peak = matmul_peak(lambda x=a: torch.mm(x, x))
   del a
 
-  config = namespace(spec)
+  config = namespace(torch_config)
   m, o = config["model"], config["optim"]
   net, _, _ = torch_pretrain(m, config["loss"])
   net.train()
@@ -485,7 +500,105 @@ def torch_worker(batch_size, warmup, foreach, spec, threads):
                        params=sum(p.numel() for p in params)))
 
 
-def parity_worker(tmp):
+def profile_worker(batch_size, repeats, overrides, spec):
+  """Where vlp_jax's step goes (as bench/step_profile.py for CLIP/CoCa): each part of
+  BlipFamily.features / loss / the update jitted alone, medians of `repeats` calls."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from vlp_jax.losses import momentum as momentum_loss
+  from vlp_jax.models import fusion
+
+  from vlp_jax import families
+  from vlp_jax.train import optimizer
+  step, state, batch = vlp_train_step(batch_size, overrides, spec)
+  config = blip_config(batch_size, overrides, spec)
+  family = families.get_family(config, eos_id=EOS)
+  tx, _ = optimizer.make(config)
+  m = family.module
+  # Copies: the train step donates the state's buffers.
+  params, fstate, opt_state = jax.tree.map(jnp.copy, (state.params, state.family_state,
+                                                      state.opt_state))
+  mom = fstate["momentum"]
+  images = batch["image"]
+  cls = family.prefixed(batch["tokens"], "cls")
+  enc = family.prefixed(batch["tokens"], "enc")
+  dec = family.prefixed(batch["tokens"], "dec")
+  b = images.shape[0]
+
+  def weighted(out):
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size, dtype=out.dtype).reshape(out.shape)))
+
+  def ap(p, method, *args):
+    return m.apply({"params": p}, *args, method=method)
+
+  image_tokens = jax.jit(lambda p, x: ap(p, m.image_tokens, x))(params, images)
+  neg = jnp.roll(jnp.arange(b), 1)
+  parts = {
+      "image tower fwd+bwd": (jax.jit(jax.grad(lambda p, x: weighted(
+          ap(p, m.image_embedding, ap(p, m.image_tokens, x))))), (params, images)),
+      "unimodal text fwd+bwd": (jax.jit(jax.grad(lambda p, t: weighted(
+          ap(p, m.text_embedding, t)))), (params, cls)),
+      "momentum forwards (image+text)": (jax.jit(lambda p, x, t: (
+          ap(p, m.encode_image, x), ap(p, m.text_embedding, t))), (mom, images, cls)),
+      "ITM on 3B pairs fwd+bwd": (jax.jit(jax.grad(lambda p, t, c: weighted(ap(
+          p, m.itm_logits, jnp.concatenate([t, t, t[neg]]),
+          jnp.concatenate([c, c[neg], c]))), argnums=(0, 2))), (params, enc, image_tokens)),
+  }
+
+  def lm(p, ids, c):
+    hidden = ap(p, m.decoder_hidden, ids, c)
+    kernel, bias = ap(p, m.lm_output)
+    labels = ids[:, 1:]
+    weights = (labels != PAD).astype(jnp.float32)
+    return fusion.vocabulary_loss(hidden[:, :-1], kernel, bias, labels, weights)[0]
+  parts["decoder + fused vocab loss fwd+bwd"] = (jax.jit(jax.grad(lm, argnums=(0, 2))),
+                                                 (params, dec, image_tokens))
+  feats = jax.jit(lambda p, s, x, t: {
+      "img": ap(p, m.image_embedding, ap(p, m.image_tokens, x)),
+      "txt": ap(p, m.text_embedding, t), "img_m": ap(s, m.encode_image, x),
+      "txt_m": ap(s, m.text_embedding, t)})(params, mom, images, cls)
+
+  def itc(img, txt):
+    scale = ap(params, m.logit_scale)
+    return momentum_loss.momentum_contrastive(
+        img, txt, feats["img_m"], feats["txt_m"], fstate["image_queue"], fstate["text_queue"],
+        fstate["queue_count"], scale, 0.4)[0]
+  parts["ITC (queues) + hard negatives"] = (jax.jit(lambda i, t, u: (
+      jax.grad(itc, argnums=(0, 1))(i, t), momentum_loss.matching_pairs(
+          i, t, cls, 10.0, u))), (feats["img"], feats["txt"], jnp.zeros((b, 2))))
+  grads = jax.tree.map(jnp.ones_like, params)
+
+  def update(g, o, p, fs, f):
+    updates, o = tx.update(g, o, p)
+    p = optax.apply_updates(p, updates)
+    return p, o, family.update_state(fs, p, f)
+  parts["AdamW + EMA + enqueue"] = (jax.jit(update), (grads, opt_state, params, fstate,
+                                                       feats))
+  results = {}
+  for name, (fn, args) in parts.items():
+    jax.block_until_ready(fn(*args))
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], metrics = step(holder["state"], batch)
+    return metrics
+  jax.block_until_ready(one_step())
+  times = {name: [] for name in list(parts) + ["whole train step"]}
+  for _ in range(repeats):  # interleaved: the load drifts
+    for name, (fn, args) in parts.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    jax.block_until_ready(one_step())
+    times["whole train step"].append(time.perf_counter() - t0)
+  for name, t in times.items():
+    results[name] = [statistics.median(t), min(t), max(t)]
+  reply(results=results)
+
+
+def parity_worker(tmp, spec):
   """The torch model's weights in vlp_jax: embeddings, ITM and LM logits must agree."""
   import jax
   import jax.numpy as jnp
@@ -495,7 +608,7 @@ def parity_worker(tmp):
   from vlp_jax.models import blip as blip_model
   from vlp_jax.models import import_hf_blip
 
-  config = blip_config(16)
+  config = blip_config(16, spec=spec)
   m = config.model
   net, ret, cap = torch_pretrain(m, config.loss)
   net.eval()
@@ -525,7 +638,7 @@ def parity_worker(tmp):
 
   errors = {}
   for scan in (False, True):
-    mc = blip_config(16, {"model.scan": scan}).model
+    mc = blip_config(16, {"model.scan": scan}, spec).model
     params = import_hf_blip.import_blip(os.path.join(tmp, "ret"), os.path.join(tmp, "cap"),
                                         config_model=mc, shared_from="retrieval")
     module = blip_model.from_config(mc)
@@ -594,6 +707,9 @@ def timed(worker, steps):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--spec", default="tiny_spec", choices=sorted(SPECS),
+                      help="sizes: tiny_spec (bench/tiny_spec.py's, as compare_open_clip.py) "
+                      "or blip_tiny (configs/blip_base.py:variant=tiny)")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps", type=int, default=3, help="train steps per timed round")
@@ -606,7 +722,10 @@ def main():
   parser.add_argument("--torch_threads", default="0,1",
                       help="torch intra-op threads per torch row, 0 = torch's default; "
                       "e.g. 0,1 times both (ratios are against the faster torch row)")
-  parser.add_argument("--worker", choices=("jax", "torch", "parity", "spec"),
+  parser.add_argument("--profile", action="store_true",
+                      help="only time the parts of vlp_jax's step (first --vlp setting), "
+                      "--repeats interleaved calls each")
+  parser.add_argument("--worker", choices=("jax", "torch", "parity", "spec", "profile"),
                       help=argparse.SUPPRESS)
   parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument("--one_core", action="store_true",
@@ -615,24 +734,45 @@ def main():
   parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
   parser.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)
-  parser.add_argument("--spec", help=argparse.SUPPRESS)
+  parser.add_argument("--torch_config", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker and args.one_core:  # before jax or torch size their thread pools
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   if args.worker == "jax":
-    return jax_worker(args.batch, args.warmup, parse_overrides(args.set), args.flops)
+    return jax_worker(args.batch, args.warmup, parse_overrides(args.set), args.flops,
+                      args.spec)
   if args.worker == "torch":
-    return torch_worker(args.batch, args.warmup, args.torch_optim == "foreach", args.spec,
-                        args.threads)
+    return torch_worker(args.batch, args.warmup, args.torch_optim == "foreach",
+                        args.torch_config, args.threads)
   if args.worker == "spec":
-    return reply(spec=torch_spec(args.batch))
+    return reply(spec=torch_spec(args.batch, args.spec))
   if args.worker == "parity":
-    return parity_worker(args.out)
+    return parity_worker(args.out, args.spec)
+  if args.worker == "profile":
+    return profile_worker(args.batch, args.repeats, parse_overrides(args.set), args.spec)
+  if args.profile:
+    name = args.vlp.split(",")[0]
+    sets = [f"--set={k}={v}" for k, v in SETTINGS[name].items()]
+    w = Worker("--worker=profile", f"--batch={args.batch}", f"--spec={args.spec}",
+               f"--repeats={args.repeats}", *sets, *(["--one_core"] if args.one_core else []))
+    busy0, t0 = busy_cpu_seconds(), time.perf_counter()
+    results = w.read()["results"]
+    w.proc.wait()
+    total = results["whole train step"][0]
+    print(f"vlp_jax:{name} {args.spec}, batch {args.batch}: {'part':36} {'ms':>7} "
+          f"{'min-max':>13} {'of step':>7}")
+    for part, (med, lo, hi) in results.items():
+      print(f"  {part:36} {med * 1e3:7.1f} {lo * 1e3:6.1f}-{hi * 1e3:6.1f} {med / total:7.0%}")
+    print(f"(machine busy {(busy_cpu_seconds() - busy0) / (time.perf_counter() - t0):.2f} "
+          "cores on average, this worker included)")
+    print(json.dumps({f"{name}/{args.spec}/b{args.batch}/{k}/ms": v[0] * 1e3
+                      for k, v in results.items()}))
+    return None
 
   summary = {}
   if not args.skip_parity:
     with tempfile.TemporaryDirectory() as tmp:
-      parity = Worker("--worker=parity", f"--out={tmp}")
+      parity = Worker("--worker=parity", f"--out={tmp}", f"--spec={args.spec}")
       result = parity.read()
       parity.proc.stdin.close()
       parity.proc.wait()
@@ -651,11 +791,11 @@ def main():
   for i, name in enumerate(names):  # one at a time: compiles do not overlap
     sets = [f"--set={k}={v}" for k, v in SETTINGS[name].items()]
     flops = ["--flops"] if name == "unrolled" else []
-    workers[f"vlp_jax:{name}"] = Worker("--worker=jax", f"--batch={b}",
+    workers[f"vlp_jax:{name}"] = Worker("--worker=jax", f"--batch={b}", f"--spec={args.spec}",
                                         f"--warmup={args.warmup}", *sets, *flops, *pin)
     info[f"vlp_jax:{name}"] = workers[f"vlp_jax:{name}"].read()
   # The driver stays light (no jax): a child's max RSS starts at its parent's RSS at fork.
-  spec_worker = Worker("--worker=spec", f"--batch={b}")
+  spec_worker = Worker("--worker=spec", f"--batch={b}", f"--spec={args.spec}")
   spec = spec_worker.read()["spec"]
   spec_worker.proc.stdin.close()
   spec_worker.proc.wait()
@@ -664,7 +804,7 @@ def main():
     name = "torch" if not threads else f"torch:{threads}thread"
     torch_rows.append(name)
     workers[name] = Worker("--worker=torch", f"--batch={b}", f"--warmup={args.warmup}",
-                           f"--torch_optim={args.torch_optim}", f"--spec={spec}",
+                           f"--torch_optim={args.torch_optim}", f"--torch_config={spec}",
                            f"--threads={threads}", *pin)
     info[name] = workers[name].read()
   rates = {name: [] for name in workers}
@@ -704,11 +844,11 @@ def main():
     summary[f"{name}/speed_ratio"] = summary[f"{key}/samples_per_s"] / theirs[0]
     summary[f"{name}/memory_ratio"] = summary[f"{key}/max_rss_mib"] / theirs[1]
   best = max(names, key=lambda n: summary[f"vlp_jax:{n}/samples_per_s"])
-  summary.update(best=best, batch=b, peak_gflops=peak, xla_gflops_per_sample=xla and xla / 1e9,
+  summary.update(spec=args.spec, best=best, batch=b, peak_gflops=peak, xla_gflops_per_sample=xla and xla / 1e9,
                  torch_reference=ref, torch_params=info[ref]["params"],
                  torch_threads=info[ref]["threads"])
   print("\n" + "\n".join(lines))
-  print(f"batch {b}; peak float32 matmul {peak:.0f} GFLOP/s; GFLOP/s = samples/s x XLA's count "
+  print(f"spec {args.spec}, batch {b}; peak float32 matmul {peak:.0f} GFLOP/s; GFLOP/s = samples/s x XLA's count "
         f"of the unrolled vlp_jax step ({(xla or float('nan')) / 1e9:.3f} GFLOP/sample) for "
         "both; 'others' = cores other processes used while timed")
   for name in names:
