@@ -8,6 +8,7 @@ skipping the steps that hold only weight-0 positions.
 """
 import contextlib
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -412,3 +413,32 @@ def test_distillation_on_a_mesh_matches_one_device(mesh_shape):
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
   ref_total = distill_reference(h, k, b, labels, w, teacher, 0.4)[0]
   np.testing.assert_allclose(got[0][0], ref_total, rtol=1e-5)
+
+
+def test_default_chunk_follows_a_memory_budget():
+  """chunk=None: CHUNK_ELEMENTS // V rows per chunk. A small vocabulary takes every
+  position in one chunk, computed without a loop (no scan, no packing sort), and gives the
+  reference's loss and gradients; a large one is walked in chunks."""
+  from vlp_jax.losses import cross_entropy
+  assert cross_entropy.chunk_rows(32000) == cross_entropy.CHUNK_ELEMENTS // 32000
+  assert cross_entropy.chunk_rows(10 ** 9) == 1
+  assert cross_entropy.chunk_rows(V, 3) == 3
+  with pytest.raises(ValueError):
+    cross_entropy.chunk_rows(V, 0)
+  args = make_inputs()
+  spec = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args]
+  grad = jax.value_and_grad(fused_total(None), argnums=(0, 1, 2))
+  jaxpr = str(jax.make_jaxpr(grad)(*spec))
+  loops = re.compile(r"\b(scan|while|sort)\[")
+  assert not loops.search(jaxpr)
+  assert loops.search(str(jax.make_jaxpr(jax.value_and_grad(fused_total(3), argnums=(0, 1, 2)))(
+      *spec)))
+  total, grads = value_and_grads(fused_total(None), args)
+  ref_total, _, _, ref_grads = reference(*args)
+  np.testing.assert_allclose(total, ref_total, rtol=1e-5)
+  for g, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6)
+  _, nll, correct = jax.jit(fused_cross_entropy)(*args)
+  _, ref_nll, ref_correct, _ = reference(*args)
+  assert_weighted_close(nll, ref_nll, args[4], rtol=1e-5)
+  assert_weighted_close(correct, ref_correct, args[4])

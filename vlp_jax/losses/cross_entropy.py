@@ -47,7 +47,22 @@ BATCH_AXES = ("data", "fsdp")  # parallel/mesh.py's; the kernel's D is on fsdp, 
 EMBED_AXIS, VOCAB_AXIS = "fsdp", "model"
 
 
-def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups=1, mesh=None,
+# Default chunk size, in logits per group: rows = CHUNK_ELEMENTS // V (128 rows of a
+# 32,768-word vocabulary, 16 MiB of float32 logits); a small vocabulary's positions then
+# fit in one chunk, which runs without the loop or the packing.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def chunk_rows(vocab_size, chunk=None):
+  """Rows per chunk: `chunk` when given, else CHUNK_ELEMENTS // vocab_size (at least 1)."""
+  if chunk is None:
+    return max(1, CHUNK_ELEMENTS // int(vocab_size))
+  if int(chunk) < 1:
+    raise ValueError(f"chunk must be a positive integer, got {chunk}")
+  return int(chunk)
+
+
+def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=None, groups=1, mesh=None,
                         *, teacher=None, teacher_weight=0.0):
   """Softmax cross-entropy of hidden @ kernel + bias vs labels, `chunk` rows at a time.
 
@@ -58,7 +73,9 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
     labels: [B, L] int in [0, V); one outside is clipped into it (give it weight 0).
     weights: [B, L] float, 0 to ignore a position (padding); gets no gradient.
     chunk: positions per group per step; logits are [groups, chunk, V] at most. Smaller
-      skips padding more finely; larger makes bigger matmuls.
+      skips padding more finely; larger makes bigger matmuls. None: CHUNK_ELEMENTS // V
+      rows (a memory budget per chunk; V is the whole vocabulary). When one chunk holds
+      all of a group's positions, they are neither packed nor looped over.
     groups: the rows (each device's on a mesh, else the whole batch) are cut into this many
       contiguous groups (gcd with the rows' examples is used), each packed on its own.
       Without a mesh, the batch's shards over devices or a multiple keep packing local.
@@ -79,8 +96,7 @@ def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups
     largest (a tie counts), both stop-gradient and 0.0 at the weight-0 positions of
     skipped steps.
   """
-  if int(chunk) < 1:
-    raise ValueError(f"chunk must be a positive integer, got {chunk}")
+  chunk = chunk_rows(kernel.shape[1], chunk)
   if int(groups) < 1:
     raise ValueError(f"groups must be a positive integer, got {groups}")
   if isinstance(teacher_weight, (int, float)):
@@ -222,14 +238,18 @@ class _Rows:
     batch, length = weights.shape
     groups = math.gcd(groups, batch)
     self.shape, self.groups, self.per_group = (batch, length), groups, batch // groups * length
-    self.order = jnp.argsort(weights.reshape(groups, self.per_group) == 0, axis=1, stable=True)
-    self.inverse = jnp.argsort(self.order, axis=1)  # once, for every output join unpacks
     self.n = -(-self.per_group // chunk)
     self.c = -(-self.per_group // self.n)
+    if self.n == 1:  # one chunk: nothing to skip, so no packing (and no loop, see scan)
+      return
+    self.order = jnp.argsort(weights.reshape(groups, self.per_group) == 0, axis=1, stable=True)
+    self.inverse = jnp.argsort(self.order, axis=1)  # once, for every output join unpacks
 
   def split(self, a):
     """[B, L, ...] -> [n, G, c, ...], packed."""
     a = a.reshape(self.groups, self.per_group, *a.shape[2:])
+    if self.n == 1:
+      return a[None]
     a = jnp.take_along_axis(a, self.order.reshape(self.order.shape + (1,) * (a.ndim - 2)), axis=1)
     a = jnp.pad(a, [(0, 0), (0, self.n * self.c - self.per_group)] + [(0, 0)] * (a.ndim - 2))
     return jnp.moveaxis(a.reshape(self.groups, self.n, self.c, *a.shape[2:]), 1, 0)
@@ -238,13 +258,19 @@ class _Rows:
     """[n, G, c, ...] -> [B, L, ...], unpacked."""
     y = jnp.moveaxis(y, 0, 1).reshape(self.groups, self.n * self.c, *y.shape[3:])
     y = y[:, :self.per_group]
+    if self.n == 1:
+      return y.reshape(*self.shape, *y.shape[2:])
     inverse = self.inverse.reshape(self.inverse.shape + (1,) * (y.ndim - 2))
     y = jnp.take_along_axis(y, inverse, axis=1)
     return y.reshape(*self.shape, *y.shape[2:])
 
   def scan(self, step, carry, weights, *args):
     """lax.scan of step(carry, w, *chunks) -> (carry, outs) over the weighted chunks; the
-    others keep the carry and give zeros."""
+    others keep the carry and give zeros. One chunk: step runs once, unconditionally."""
+    if self.n == 1:
+      carry, ys = step(carry, *(self.split(a)[0] for a in (weights,) + args))
+      return carry, jax.tree.map(lambda y: self.join(y[None]), ys)
+
     def body(cr, xs):
       w = xs[0]
       skip = lambda cr, *_: (cr, jax.tree.map(jnp.zeros_like, jax.eval_shape(step, cr, *xs)[1]))
