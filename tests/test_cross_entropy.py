@@ -415,7 +415,7 @@ def test_distillation_on_a_mesh_matches_one_device(mesh_shape):
   np.testing.assert_allclose(got[0][0], ref_total, rtol=1e-5)
 
 
-def test_default_chunk_follows_a_memory_budget():
+def test_chunk_none_follows_a_memory_budget():
   """chunk=None: CHUNK_ELEMENTS // V rows per chunk. A small vocabulary takes every
   position in one chunk, computed without a loop (no scan, no packing sort), and gives the
   reference's loss and gradients; a large one is walked in chunks."""

@@ -47,9 +47,12 @@ BATCH_AXES = ("data", "fsdp")  # parallel/mesh.py's; the kernel's D is on fsdp, 
 EMBED_AXIS, VOCAB_AXIS = "fsdp", "model"
 
 
-# Default chunk size, in logits per group: rows = CHUNK_ELEMENTS // V (128 rows of a
-# 32,768-word vocabulary, 16 MiB of float32 logits); a small vocabulary's positions then
-# fit in one chunk, which runs without the loop or the packing.
+# chunk=None: a memory budget per chunk, in logits per group: rows = CHUNK_ELEMENTS // V
+# (128 rows of a 32,768-word vocabulary, 16 MiB of float32 logits); a small vocabulary's
+# positions then fit in one chunk, which runs without the loop or the packing. Not the
+# default: BLIP tiny's 128-word head (1,472 positions, 40% padding) ran its decoder + loss
+# ~10% slower in one chunk than in 128-row chunks that skip the padding
+# (bench/compare_blip.py --profile --spec=blip_tiny, 2026-12-02).
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -62,7 +65,7 @@ def chunk_rows(vocab_size, chunk=None):
   return int(chunk)
 
 
-def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=None, groups=1, mesh=None,
+def fused_cross_entropy(hidden, kernel, bias, labels, weights, chunk=128, groups=1, mesh=None,
                         *, teacher=None, teacher_weight=0.0):
   """Softmax cross-entropy of hidden @ kernel + bias vs labels, `chunk` rows at a time.
 
