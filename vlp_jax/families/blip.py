@@ -50,8 +50,11 @@ class BlipFamily(FusionFamily):
     neg_text, neg_image = momentum_loss.matching_pairs(
         feats["img"], feats["txt"], tokens, scale, self.draws(keys[1], tokens.shape[0]))
     enc = self.prefixed(batch["tokens"], "enc")
+    # Positives, each text with its negative image, each image with its negative text: the
+    # image tokens are projected to keys and values once and gathered for the 3B rows.
+    rows = jnp.arange(tokens.shape[0])
     logits = self.apply(params, m.itm_logits, jnp.concatenate([enc, enc, enc[neg_text]]),
-                        jnp.concatenate([image_tokens, image_tokens[neg_image], image_tokens]),
+                        image_tokens, jnp.concatenate([rows, neg_image, rows]),
                         dropout_rng=keys[2])
     feats["itm_nll"], feats["itm_correct"] = momentum_loss.itm_losses(
         logits.reshape(3, tokens.shape[0], 2))

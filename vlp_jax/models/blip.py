@@ -33,17 +33,20 @@ class Blip(fusion.AlignFuseModel):
   def text_embedding(self, tokens, deterministic=True):
     """Unimodal encoder on [CLS]-first tokens -> L2-normalised embedding [B, E]."""
     x = self.embed(tokens, deterministic=deterministic)
-    x = self.text_layers(x, fusion.padding_mask(tokens), deterministic=deterministic)
+    x = self.text_layers(x, fusion.padding_mask(tokens), deterministic=deterministic,
+                         first_only=True)
     return fusion.normalize(self.text_proj(x[:, 0]))
 
   def encode_text(self, tokens):
     return self.text_embedding(tokens)
 
-  def itm_logits(self, tokens, image_tokens, deterministic=True):
-    """[B, 2] (no match, match) logits of [ENC]-first tokens grounded in image_tokens."""
+  def itm_logits(self, tokens, image_tokens, rows=None, deterministic=True):
+    """[B, 2] (no match, match) logits of [ENC]-first tokens grounded in image_tokens, or
+    with `rows` [B] in image_tokens[rows] (each image's keys and values projected once)."""
     x = self.embed(tokens, deterministic=deterministic)
-    x = self.text_layers(x, fusion.padding_mask(tokens), image_tokens,
-                         deterministic=deterministic)
+    context = image_tokens if rows is None else fusion.SharedContext(image_tokens, rows)
+    x = self.text_layers(x, fusion.padding_mask(tokens), context,
+                         deterministic=deterministic, first_only=True)
     return self.itm_head(x[:, 0]).astype(jnp.float32)
 
   def decoder_hidden(self, ids, image_tokens, deterministic=True):

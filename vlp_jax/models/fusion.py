@@ -13,8 +13,9 @@ self-attention and share every other weight between the two.
 Dropout is applied where BERT applies it to hidden states (embeddings, each sublayer's
 output); attention probabilities are not dropped (fused attention kernels have no dropout).
 """
+import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -39,6 +40,42 @@ def normalize(x):
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
+class SharedContext(NamedTuple):
+  """A cross-attention context of image tokens shared by several text rows: text row i
+  attends to tokens[rows[i]]. The keys and values are projected once per image, then
+  gathered per row (BLIP's ITM reads each image up to three times: with its positive
+  caption, with a hard-negative caption, as another text's negative)."""
+  tokens: Any  # [b, N, W]
+  rows: Any  # [B] int in [0, b)
+
+
+class SharedCrossAttention(nn.Module):
+  """layers.Attention's cross-attention (the same parameters, declared in the same order:
+  q, kv, out) over a SharedContext: keys and values of the b images, gathered to the B
+  rows after the projection, which is linear per token, so the result is the plain
+  cross-attention's on tokens[rows]."""
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context):
+    tokens, rows = context
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    fused = functools.partial(layers.Attention._fused, self)  # pylint: disable=protected-access
+    (q,) = layers._apply_fused(x, *fused("q", 1, width, head_dim), self.dtype)  # pylint: disable=protected-access
+    k, v = layers._apply_fused(tokens, *fused("kv", 2, tokens.shape[-1], head_dim),  # pylint: disable=protected-access
+                               self.dtype)
+    out = jax.nn.dot_product_attention(q, jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0))
+    out_kernel = layers.param(self, "out_kernel", ("heads", "kv", "embed"),
+                              nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
+                              (self.num_heads, head_dim, width))
+    out_bias = layers.param(self, "out_bias", ("embed",), nn.initializers.zeros_init(),
+                            (width,))
+    return (jnp.einsum("bthk,hkd->btd", out, out_kernel.astype(self.dtype))
+            + out_bias.astype(self.dtype))
+
+
 class TextLayer(nn.Module):
   """One post-LayerNorm layer: self-attention of kind `mode`, cross-attention, MLP.
 
@@ -57,19 +94,31 @@ class TextLayer(nn.Module):
   deterministic: bool = True
   dtype: Any = jnp.float32
   decode: bool = False
+  first_only: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None, context=None):
+    """`first_only`: every row still serves as a key and value of the self-attention, but
+    only the first position is computed onwards (returns [B, 1, W]): what a stack whose
+    first output alone is read needs of its last layer."""
     if self.mode not in self.self_attention:
       raise ValueError(f"TextLayer has self-attention {self.self_attention}, not {self.mode!r}")
     causal = self.mode == "causal"
     decode = self.decode and causal
     attn, norm = SELF_ATTENTION[self.mode]
     x = layers.constrain(x, ("batch", "length", "act_embed"))
+    query_rows = None
+    if self.first_only and not decode:
+      query_rows = jnp.zeros((x.shape[0],), jnp.int32)
     y = layers.Attention(self.num_heads, self.dtype, causal=causal, decode=decode, name=attn)(
-        x, mask=mask)
+        x, mask=mask, query_rows=query_rows)
+    if query_rows is not None:
+      x = x[:, :1]
     x = self._add_norm(x, y, norm)
-    if self.cross_attention and (context is not None or decode):
+    if self.cross_attention and isinstance(context, SharedContext) and not decode:
+      y = SharedCrossAttention(self.num_heads, self.dtype, name="cross_attn")(x, context)
+      x = self._add_norm(x, y, "ln_cross")
+    elif self.cross_attention and (context is not None or decode):
       y = layers.Attention(self.num_heads, self.dtype, decode=decode, cross=True,
                            name="cross_attn")(x, kv=context)
       x = self._add_norm(x, y, "ln_cross")
@@ -102,7 +151,11 @@ class TextStack(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, mask=None, context=None, mode="bidirectional", deterministic=True):
+  def __call__(self, x, mask=None, context=None, mode="bidirectional", deterministic=True,
+               first_only=False):
+    """[B, L, W]; `first_only`: [B, 1, W], the first position only, whose last layer then
+    skips the other positions' queries, cross-attention and MLP (unrolled stacks; a scanned
+    one runs every layer in full and returns the first position)."""
     layer_cls = TextLayer
     if self.remat and not self.decode:
       layer_cls = nn.remat(TextLayer, prevent_cse=not self.scan,
@@ -116,9 +169,10 @@ class TextStack(nn.Module):
                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                       length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(name="layers", **kwargs)(x, mask, context)
-      return x
+      return x[:, :1] if first_only else x
     for i in range(self.depth):
-      x, _ = layer_cls(name=f"layer_{i}", **kwargs)(x, mask, context)
+      last = first_only and i == self.depth - 1
+      x, _ = layer_cls(name=f"layer_{i}", first_only=last, **kwargs)(x, mask, context)
     return x
 
 
