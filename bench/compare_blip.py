@@ -506,6 +506,7 @@ def profile_worker(batch_size, repeats, overrides, spec):
   import jax
   import jax.numpy as jnp
   import optax
+  from vlp_jax.losses import cross_entropy
   from vlp_jax.losses import momentum as momentum_loss
   from vlp_jax.models import fusion
 
@@ -533,6 +534,10 @@ def profile_worker(batch_size, repeats, overrides, spec):
     return m.apply({"params": p}, *args, method=method)
 
   image_tokens = jax.jit(lambda p, x: ap(p, m.image_tokens, x))(params, images)
+
+  def itm_all_positions(mod, t, c):  # before first_only: the last layer on every position
+    x = mod.text_layers(mod.embed(t), fusion.padding_mask(t), c)
+    return mod.itm_head(x[:, 0])
   neg = jnp.roll(jnp.arange(b), 1)
   parts = {
       "image tower fwd+bwd": (jax.jit(jax.grad(lambda p, x: weighted(
@@ -541,19 +546,31 @@ def profile_worker(batch_size, repeats, overrides, spec):
           ap(p, m.text_embedding, t)))), (params, cls)),
       "momentum forwards (image+text)": (jax.jit(lambda p, x, t: (
           ap(p, m.encode_image, x), ap(p, m.text_embedding, t))), (mom, images, cls)),
-      "ITM on 3B pairs fwd+bwd": (jax.jit(jax.grad(lambda p, t, c: weighted(ap(
+      "ITM on 3B pairs fwd+bwd (as trained)": (jax.jit(jax.grad(lambda p, t, c: weighted(ap(
+          p, m.itm_logits, jnp.concatenate([t, t, t[neg]]), c,
+          jnp.concatenate([jnp.arange(b), neg, jnp.arange(b)]))), argnums=(0, 2))),
+                                                (params, enc, image_tokens)),
+      "  same, image tokens gathered to 3B": (jax.jit(jax.grad(lambda p, t, c: weighted(ap(
           p, m.itm_logits, jnp.concatenate([t, t, t[neg]]),
+          jnp.concatenate([c, c[neg], c]))), argnums=(0, 2))), (params, enc, image_tokens)),
+      "  same, and all positions to the end": (jax.jit(jax.grad(lambda p, t, c: weighted(ap(
+          p, itm_all_positions, jnp.concatenate([t, t, t[neg]]),
           jnp.concatenate([c, c[neg], c]))), argnums=(0, 2))), (params, enc, image_tokens)),
   }
 
-  def lm(p, ids, c):
+  def lm(p, ids, c, chunk=None):
     hidden = ap(p, m.decoder_hidden, ids, c)
     kernel, bias = ap(p, m.lm_output)
     labels = ids[:, 1:]
     weights = (labels != PAD).astype(jnp.float32)
+    if chunk:
+      return cross_entropy.fused_cross_entropy(hidden[:, :-1], kernel, bias, labels, weights,
+                                               chunk)[0]
     return fusion.vocabulary_loss(hidden[:, :-1], kernel, bias, labels, weights)[0]
   parts["decoder + fused vocab loss fwd+bwd"] = (jax.jit(jax.grad(lm, argnums=(0, 2))),
                                                  (params, dec, image_tokens))
+  parts["  same, chunks of 128 rows"] = (jax.jit(jax.grad(
+      lambda p, i, c: lm(p, i, c, 128), argnums=(0, 2))), (params, dec, image_tokens))
   feats = jax.jit(lambda p, s, x, t: {
       "img": ap(p, m.image_embedding, ap(p, m.image_tokens, x)),
       "txt": ap(p, m.text_embedding, t), "img_m": ap(s, m.encode_image, x),
