@@ -62,17 +62,18 @@ are within run-to-run noise:
 
 Reading: the filter trained on the noisy data itself separates the corrupted captions well
 (AUC 0.96) and at 0.5 cuts the web noise from 30% to 13% (precision 0.91, recall 0.66), and
-the run on its output is better on every metric (colour: 1.0 for all), most on i2t R@1 (+0.24 ITC, +0.23 ITM) and
-zero-shot shape/size. The synthetic captions are the weak half: 62% are dropped, and of the
-kept ones only 33% are exactly the true caption (61% for one-shape scenes, ~0 for two or
-three shapes; some of the rest describe the scene in another order, which exact match counts
-wrong), so by exact match the written pairs (69% correct) are no cleaner than the input
-(70%); the gain comes from the cleaner web captions and the extra pairs. The clean captions
-remain clearly better on retrieval (ITC R@1 0.58/0.51 vs 0.44/0.36) and CIDEr (5.60 vs
-5.27): CapFilt closes 37-65% of the noisy-to-clean gap in the four R@1 rows. 2,705 images
-lost both captions and are absent from the CapFilt set. The --mode=eval numbers equal those of
-the evaluation at the end of training (same parameters). --with_clean_reference (one more
-~17-minute training here) is off by default: it takes the total past ~55 minutes.
+the run on its output is better on every metric (colour: 1.0 for all), most on i2t R@1
+(+0.24 ITC, +0.23 ITM) and zero-shot shape/size. The synthetic captions are the weak half:
+62% are dropped, and of the kept ones only 33% are exactly the true caption (61% for one-
+shape scenes, ~0 for two or three shapes; some of the rest describe the scene in another
+order, which exact match counts wrong), so by exact match the written pairs (69% correct)
+are no cleaner than the input (70%); the gain comes from the cleaner web captions and the
+extra pairs. The clean captions remain clearly better on retrieval (ITC R@1 0.58/0.51 vs
+0.44/0.36) and CIDEr (5.60 vs 5.27): CapFilt closes 37-65% of the noisy-to-clean gap in the
+four R@1 rows. 2,705 images lost both captions and are absent from the CapFilt set. The
+--mode=eval numbers equal those of the evaluation at the end of training (same parameters).
+--with_clean_reference (one more ~17-minute training here) is off by default: it takes the
+total past ~55 minutes.
 """
 import argparse
 import json
