@@ -1,8 +1,10 @@
 """vlp_jax's BLIP train step against BLIP built from Hugging Face transformers: speed, memory.
 
   pip install -e .[bench]     # torch 2.13.0 (CPU), transformers, safetensors; no weights
-  python bench/compare_blip.py [--batch=64] [--repeats=5] [--steps=3] [--skip_parity]
-      [--vlp=unrolled,scan_remat,scan_remat_full] [--torch_threads=0,1] [--one_core]
+  python bench/compare_blip.py [--spec=tiny_spec|blip_tiny] [--batch=64] [--repeats=5]
+      [--steps=3] [--skip_parity] [--vlp=unrolled,scan_remat,scan_remat_full]
+      [--torch_threads=0,1] [--one_core]
+  python bench/compare_blip.py --profile [--spec=...] [--vlp=unrolled] [--repeats=9]
 
 The PyTorch side a user would otherwise pick is Salesforce's BLIP (LAVIS blip_pretrain.py,
 BLIP's models/blip_pretrain.py). LAVIS pins transformers<4.27 and does not install beside
@@ -20,14 +22,25 @@ this stack, so its pretraining step is composed here from transformers' own BLIP
   label smoothing (ours has none); temperature clamped in [0.001, 0.5]; AdamW with our
   settings (lr, betas, eps, weight decay on matrices only, global-norm clipping at
   optim.clip_norm) and the faster of torch's for-loop / foreach implementations.
-vlp_jax runs configs/blip_base.py:variant=tiny through families.get_family, state.create,
+vlp_jax runs configs/blip_base.py:variant=tiny at `--spec`'s sizes through families.get_family, state.create,
 optimizer.make and make_train_step, as the trainer does, in one or more layer settings
 (`--vlp`): unrolled = model.scan=False, model.remat=False; scan_remat = scan + remat keeping
 the weight matmuls (tiny_spec.VLP_OPTIONS, as compare_open_clip.py runs CLIP);
 scan_remat_full = the config's own scan=True, remat=True with remat_policy=full.
-Same sizes both sides: 32 px images, patch 8, width 128, 4 heads, 2 vision and 2 text layers,
-vocabulary 128, context 24, joint 128, MLP 512, exact GELU, float32, queue 1,024, batch 64.
-Captions are 5-22 random pieces + EOS padded to 24 (pad tokens masked on both sides).
+Same sizes both sides, by `--spec`:
+  tiny_spec (default): bench/tiny_spec.py's SPEC, the sizes of the CLIP/CoCa comparison
+    (compare_open_clip.py): 64 px images, patch 8, width 256 (vision and text), 4 heads,
+    6 vision and 6 text layers, vocabulary 32,000, context 32, joint 256, MLP 1,024;
+    21,139,203 trained parameters. Captions 5-30 pieces + EOS padded to 32.
+  blip_tiny: configs/blip_base.py:variant=tiny as is: 32 px images, patch 8, width 128,
+    4 heads, 2 vision and 2 text layers, vocabulary 128, context 24, joint 128, MLP 512;
+    1,155,459 parameters. Captions 5-22 pieces + EOS padded to 24.
+Both: exact GELU, float32, queue 1,024, batch 64, pad tokens masked on both sides.
+`--profile` times the parts of vlp_jax's step instead (as bench/step_profile.py for
+CLIP/CoCa), each jitted alone, all interleaved round by round: image tower fwd+bwd, unimodal
+text fwd+bwd, momentum forwards, ITM on 3B pairs fwd+bwd (with the before/after variants of
+the changes below), decoder + fused vocabulary loss fwd+bwd, ITC + hard negatives,
+AdamW + EMA + enqueue, and the whole step.
 
 Steps (the structure of bench/compare_open_clip.py):
   1. Parity: the torch model (randomly initialised, LayerNorms and biases perturbed so that
@@ -41,42 +54,73 @@ Steps (the structure of bench/compare_open_clip.py):
      steps. Reported: samples/s (median, min-max over rounds), max RSS of the worker (whole
      process, imports included), RSS after importing the libraries, first step (compile),
      and the cores other processes used while each side ran (the machine is shared).
-  3. XLA's FLOP count of the unrolled step (cost analysis; the same work for both sides)
-     gives GFLOP/s for each; the float32 matmul peak (N=2048, best of jax and torch) frames it.
+  3. XLA's FLOP count of the unrolled step (cost analysis) gives GFLOP/s for each; the
+     float32 matmul peak (N=2048, best of jax and torch) frames it. Since vlp_jax's last
+     text layer computes only the first position where only it is read (unimodal and ITM
+     encoders), torch does more work than that count: its GFLOP/s are understated.
 The last line is one JSON object with the figures, `speed_ratio` and `memory_ratio` per
 vlp_jax setting (vlp_jax / torch) and `best` (the vlp_jax setting with the most samples/s).
 
-Measured 2026-12-02 (Intel Xeon, cpu family 6 model 167, AVX-512 + AMX; 2 cores that other
-jobs kept ~1.35 cores busy throughout: no quiet window in the hour), batch 64, 7 interleaved
-rounds of 3 steps, `--vlp=unrolled,scan_remat,scan_remat_full --torch_threads=0,1`:
-  parity: image/text embeddings, ITM and LM logits max |diff| / max |ref| <= 6.8e-7
-  (unrolled and scanned imports); 1,155,459 trained parameters on both sides.
+Measured 2026-12-02 08:37-08:56 UTC (Intel Xeon, cpu family 6 model 167, AVX-512 + AMX;
+2 cores, the other jobs finished during the runs: 'others' 0.00-0.02 cores; matmul peak
+434-442 GFLOP/s), batch 64, after the changes of this date (the text stack's last layer
+computes only the first position where only it is read; ITM projects each image's
+cross-attention keys/values once). Parity <= 9.4e-7 rel at both specs.
+tiny_spec (default), 3 rounds of 2 steps, `--vlp=unrolled,scan_remat --torch_threads=0,1`:
   impl                     samples/s     min-max ms/step GFLOP/s  RSS MiB  imports  others
-  vlp_jax:unrolled              70.8  62.9- 75.1     904    32.8     1834      635    1.37
-  vlp_jax:scan_remat            62.5  59.0- 87.5    1024    28.9     1876      635    1.37
-  vlp_jax:scan_remat_full       78.4  53.5- 99.1     816    36.3     1712      635    1.30
-  torch (2 threads)             12.9   7.9- 41.8    4953     6.0      725      401    1.35
-  torch:1thread                116.9 114.4-123.4     548    54.1      729      401    1.35
-  (0.463 GFLOP/sample by XLA's count; matmul peak 142 GFLOP/s under that load)
-  vlp_jax / best torch (1 thread): speed 0.61x unrolled, 0.53x scan_remat, 0.67x
-  scan_remat_full (within the noise of unrolled: spread 53-99); max RSS 2.35-2.57x.
-  `--one_core --vlp=unrolled,scan_remat_full --torch_threads=1` (every worker pinned to one
-  CPU, 5 rounds): vlp_jax unrolled 80.6 (79.2-84.6), scan_remat_full 81.7 (78.7-83.9), torch
-  120.7 (116.1-123.2) samples/s: 0.67x / 0.68x; max RSS 1921 / 1833 vs 717 MiB (2.68x/2.55x).
-  Targets (>= 1.3x speed, <= 0.7x memory) not met. Against torch's default 2 threads the
-  speed ratio is 5.5x, but only because the other jobs' load wrecks torch's OpenMP (its
-  2-thread rounds ranged 7.9-41.8): that is not a fair reference.
+  vlp_jax:unrolled              12.9  12.0- 16.6    4945   109.4     5025      635    0.01
+  vlp_jax:scan_remat            14.4  13.7- 14.5    4453   121.5     3146      635    0.01
+  torch (2 threads)             17.3  16.6- 18.5    3710   145.8     3789      374    0.01
+  torch:1thread                 10.0   9.8- 10.6    6426    84.2     3765      375    0.00
+  (8.452 GFLOP/sample by XLA's count of vlp_jax's unrolled step; 9.818 before the changes)
+  vlp_jax / torch: speed 0.75x unrolled, 0.83x scan_remat; max RSS 1.33x / 0.83x.
+blip_tiny, 5 rounds of 3 steps, `--vlp=unrolled,scan_remat_full --torch_threads=0,1`:
+  vlp_jax:unrolled             324.4 322.2-337.2     197   105.2     1963      635    0.00
+  vlp_jax:scan_remat_full      220.4 212.2-225.7     290    71.5     1663      635    0.01
+  torch (2 threads)            329.8 324.2-333.3     194   107.0      694      374    0.02
+  torch:1thread                198.6 196.9-202.2     322    64.4      695      375    0.00
+  (0.324 GFLOP/sample, 0.463 before) vlp_jax / torch: speed 0.98x unrolled, 0.67x
+  scan_remat_full; max RSS 2.83x / 2.40x.
+Targets (>= 1.3x speed, <= 0.7x memory) not met at either spec.
+The changes' effect, vlp_jax before (commit 63fd380) / after, unrolled, one worker each,
+interleaved (/tmp A/B driver over this file's jax worker; same loss after warm-up):
+tiny_spec 7.65 (6.78-7.70) -> 8.52 (8.01-8.79) samples/s, +11%, 5 rounds, one other job
+busy; blip_tiny 248.0 (236.8-253.8) -> 316.9 (279.6-325.6), +28%, 7 rounds, quiet; max RSS
+5111 -> 5089 and 1801 -> 1963 MiB. Scanned stacks run every layer in full (no change).
+`--profile --vlp=unrolled`, tiny_spec, 5 rounds, quiet (1.69 cores busy, this one included):
+  image tower fwd+bwd 922 ms (21% of the step), unimodal text fwd+bwd 370 (9%), momentum
+  forwards 271 (6%), ITM on 3B pairs fwd+bwd 1,499 (35%; 1,623 with the image tokens
+  gathered to 3B rows, 1,874 with every position through the last layer as before),
+  decoder + fused vocabulary loss fwd+bwd 945 (22%), ITC + hard negatives 3, AdamW + EMA +
+  enqueue 61 (1%); whole step 4,342 ms.
+  blip_tiny (9 rounds, loaded: 2.0 cores busy): image 62 ms, unimodal text 35, momentum 19,
+  ITM 183 (296 before), decoder + loss 111 (100 with 128-row chunks that skip padding, so
+  the loss keeps 128-row chunks by default), AdamW + EMA 11; step 393 ms.
+Before the changes, tiny_spec under ~1.4 cores of other jobs (3 rounds of 2 steps, torch at
+1 thread only): vlp_jax 4.2 unrolled / 3.9 scan_remat vs torch 4.5 samples/s (0.94x /
+0.88x), max RSS 5135 / 3328 vs 3857 MiB (the load cut every figure ~3x: not comparable with
+the quiet runs above; the interleaved A/B is the measure of the changes).
+Before the changes, blip_tiny on the same machine under ~1.35 cores of other jobs (7 rounds):
+vlp_jax 70.8 unrolled / 62.5 scan_remat / 78.4 scan_remat_full vs torch 116.9 (1 thread;
+12.9 at 2 threads, wrecked by the load) samples/s, max RSS 1.7-1.9 GiB vs 0.73 GiB.
 What stands in the way (measured here):
-  - memory: vlp_jax's max RSS is 635 MiB after imports, of which ~460 MiB is TensorFlow
-    and tensorflow_datasets (vlp_jax.families imports families.catlip, which imports the
-    vlp_jax.data package, whose checks/tf_setup import TF; jax+flax+optax alone are 171
-    MiB), then ~880 MiB is XLA's compile of the step (855 MiB after state.create -> 1,734
-    after the first step; malloc_trim(0) then drops it to 970 MiB: freed compile heap the
-    allocator keeps). torch's whole process peaks at ~727 MiB. Even with neither, the
-    steady state (~500 MiB of jax + state + executables) would be about torch's.
-  - speed: 27 GFLOP per step spread over many 128-wide matmuls (widths 128, 24-token
-    texts, 17-token images): torch on one core reaches 54 GFLOP/s, XLA's step 33-36 GFLOP/s
-    on two; scan and remat cost (2 layers: nothing to gain from either).
+  - speed: the work is the same shape on both sides (vlp_jax now does less), so the gap is
+    kernel throughput: at tiny_spec torch's 2-thread step runs 146 GFLOP/s of (vlp_jax's)
+    FLOPs, XLA's 109-122. No part dominates enough to fix alone: image tower 21%, ITM 35%,
+    decoder + vocabulary loss 22%. The fused vocabulary loss helps BLIP less than CoCa
+    (1.46x there): BLIP's step adds a momentum model, an ITM pass over 3B pairs and a
+    second text pass, so the 32,000-way head (64 x 31 positions, ~1.5 GFLOP/sample fwd+bwd
+    before skipping padding) is a smaller share of the step than CoCa's 28%.
+    Scan + remat (dots) was the faster setting at tiny_spec (14.4 vs 12.9, within the noise
+    of 3 rounds) but gets no first-position saving: nn.scan runs every layer alike.
+  - memory: 635 MiB after imports, ~460 of it TensorFlow: vlp_jax.families imports
+    families.catlip (vlp_jax.data.tf_setup, synsets) and families.albef / families.fusion
+    import vlp_jax.data.tokenizer, which imports TF at module level (import jax, flax, optax
+    alone: 171 MiB; + tensorflow: 613; + tensorflow_datasets: 621). A lazy vlp_jax.data
+    __init__ would save only the ~8 MiB of tfds: the TF imports are in catlip.py and
+    tokenizer.py. Then XLA's compile heap: unrolled steps keep ~1.3 GiB (blip_tiny) and
+    ~4.4 GiB (tiny_spec) above the imports at peak; scan_remat cuts the latter to ~2.5
+    GiB (3.1 GiB max, 0.83x torch's 3.8 GiB), short of 0.7x.
 """
 import argparse
 import copy
