@@ -334,3 +334,20 @@ def test_blip_captions_with_the_shared_decoders(blip):
   for row in range(2):
     n = int(np.argmax(got[row] == 1)) + 1 if (got[row] == 1).any() else got.shape[1]
     np.testing.assert_array_equal(got[row, :n], want[row, :n])
+
+
+def test_itm_with_shared_image_keys_equals_gathered_images(blip):
+  """BLIP's ITM projects each image's keys and values once (SharedContext) for its 3B rows:
+  the same logits as cross-attending to the gathered images."""
+  _, family, params, batch = blip
+  m = family.module
+  enc = family.prefixed(batch["tokens"], "enc")
+  rows = jnp.asarray(np.random.default_rng(4).integers(0, enc.shape[0], enc.shape[0]))
+
+  @jax.jit
+  def both(p):
+    context = m.apply({"params": p}, batch["image"], method=m.image_tokens)
+    shared = m.apply({"params": p}, enc, context, rows, method=m.itm_logits)
+    return shared, m.apply({"params": p}, enc, context[rows], method=m.itm_logits)
+  shared, gathered = both(params)
+  np.testing.assert_allclose(shared, gathered, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,6 @@ self-attention and share every other weight between the two.
 Dropout is applied where BERT applies it to hidden states (embeddings, each sublayer's
 output); attention probabilities are not dropped (fused attention kernels have no dropout).
 """
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -42,38 +41,10 @@ def normalize(x):
 
 class SharedContext(NamedTuple):
   """A cross-attention context of image tokens shared by several text rows: text row i
-  attends to tokens[rows[i]]. The keys and values are projected once per image, then
-  gathered per row (BLIP's ITM reads each image up to three times: with its positive
-  caption, with a hard-negative caption, as another text's negative)."""
+  attends to tokens[rows[i]], each image's keys and values projected once (BLIP's ITM
+  reads each image with its caption, a hard-negative caption and as a negative image)."""
   tokens: Any  # [b, N, W]
   rows: Any  # [B] int in [0, b)
-
-
-class SharedCrossAttention(nn.Module):
-  """layers.Attention's cross-attention (the same parameters, declared in the same order:
-  q, kv, out) over a SharedContext: keys and values of the b images, gathered to the B
-  rows after the projection, which is linear per token, so the result is the plain
-  cross-attention's on tokens[rows]."""
-  num_heads: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, context):
-    tokens, rows = context
-    width = x.shape[-1]
-    head_dim = width // self.num_heads
-    fused = functools.partial(layers.Attention._fused, self)  # pylint: disable=protected-access
-    (q,) = layers._apply_fused(x, *fused("q", 1, width, head_dim), self.dtype)  # pylint: disable=protected-access
-    k, v = layers._apply_fused(tokens, *fused("kv", 2, tokens.shape[-1], head_dim),  # pylint: disable=protected-access
-                               self.dtype)
-    out = jax.nn.dot_product_attention(q, jnp.take(k, rows, axis=0), jnp.take(v, rows, axis=0))
-    out_kernel = layers.param(self, "out_kernel", ("heads", "kv", "embed"),
-                              nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
-                              (self.num_heads, head_dim, width))
-    out_bias = layers.param(self, "out_bias", ("embed",), nn.initializers.zeros_init(),
-                            (width,))
-    return (jnp.einsum("bthk,hkd->btd", out, out_kernel.astype(self.dtype))
-            + out_bias.astype(self.dtype))
 
 
 class TextLayer(nn.Module):
@@ -115,12 +86,10 @@ class TextLayer(nn.Module):
     if query_rows is not None:
       x = x[:, :1]
     x = self._add_norm(x, y, norm)
-    if self.cross_attention and isinstance(context, SharedContext) and not decode:
-      y = SharedCrossAttention(self.num_heads, self.dtype, name="cross_attn")(x, context)
-      x = self._add_norm(x, y, "ln_cross")
-    elif self.cross_attention and (context is not None or decode):
+    if self.cross_attention and (context is not None or decode):
+      kv, kv_rows = context if isinstance(context, SharedContext) else (context, None)
       y = layers.Attention(self.num_heads, self.dtype, decode=decode, cross=True,
-                           name="cross_attn")(x, kv=context)
+                           name="cross_attn")(x, kv=kv, kv_rows=kv_rows)
       x = self._add_norm(x, y, "ln_cross")
     y = layers.Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(x)
     x = self._add_norm(x, y, "ln_mlp")

@@ -82,9 +82,11 @@ class Attention(nn.Module):
     return kernel, bias
 
   @nn.compact
-  def __call__(self, x, kv=None, mask=None, query_rows=None):
+  def __call__(self, x, kv=None, mask=None, query_rows=None, kv_rows=None):
     """`query_rows` [B] (self-attention only): return only the output at that row of each
-    sequence; keys and values still cover every row."""
+    sequence; keys and values still cover every row. `kv_rows` [B] (cross-attention): row
+    i attends to kv[kv_rows[i]], kv's keys and values projected once per kv row (BLIP's
+    matching head reads each image with up to three captions)."""
     width = x.shape[-1]
     head_dim = width // self.num_heads
     causal = self.causal
@@ -101,6 +103,8 @@ class Attention(nn.Module):
       k = v = None
       if kv is not None:
         k, v = self._project("kv", kv, 2, kv.shape[-1], head_dim)
+        if kv_rows is not None:
+          k, v = jnp.take(k, kv_rows, axis=0), jnp.take(v, kv_rows, axis=0)
       if self.decode:
         k, v = self._cross_cache(k, v)
     else:
