@@ -337,8 +337,7 @@ def validate(config):
   _finite_in(lo.distill_alpha, "loss.distill_alpha", 0, 1)
   _finite_in(lo.mlm_prob, "loss.mlm_prob", 0, 1, low_open=True, high_open=True)
   _require(lo.distill_ramp_steps >= 0, "loss.distill_ramp_steps", "must be >= 0")
-  _require(lo.queue_size == 0 or lo.queue_size >= t.batch_size, "loss.queue_size",
-           f"{lo.queue_size} must be 0 (no queue) or >= train.batch_size={t.batch_size}")
+  _require(lo.queue_size >= 0, "loss.queue_size", f"must be >= 0, got {lo.queue_size}")
   _finite_in(m.dropout, "model.dropout", 0, 1, high_open=True)
   _require(m.fusion_depth >= 1, "model.fusion_depth", f"must be >= 1, got {m.fusion_depth}")
   _require(config.eval.itm_top_k >= 1, "eval.itm_top_k",
@@ -349,6 +348,7 @@ def validate(config):
       probe.parse_probe_specs(d.probe)
     except ValueError as e:
       _require(False, "data.probe", str(e))
+  family.check_config(config)  # what only this family's fields must satisfy
   _require(bool(d.train), "data.train", "must name a dataset, e.g. builtin:shapes:train")
   for axis in ("data", "fsdp", "model"):
     size = config.mesh[axis]

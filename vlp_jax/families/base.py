@@ -12,6 +12,7 @@ Required (abstract; registering a class that lacks one fails naming it):
   loss(params, features, mesh, state)   (scalar, metrics) over the global batch
 
 Optional, with defaults that do nothing:
+  check_config(config)            family-specific validation (ValueError naming the field)
   prepare(workdir, reading)       run-level files (a label vocabulary) before the first batch
   init_state / update_state       non-trainable state (momentum weights, queues, EMAs)
   frozen(params)                  parameters with no gradient and no optimizer state
@@ -98,6 +99,12 @@ class Family(abc.ABC):
     """(scalar loss, dict of scalar metrics) over the global batch's features."""
 
   # ---- optional -------------------------------------------------------------------------
+
+  @classmethod
+  def check_config(cls, config):
+    """ValueError naming the field for values only this family cannot work with (called by
+    config_lib.validate after the common checks)."""
+    del config
 
   def prepare(self, workdir, reading):
     """Run-level files the family needs before its first batch (CatLIP's label

@@ -53,6 +53,13 @@ class FusionFamily(base.Family):
     super().__init__(config, eos_id)
     self.module = self.build(config.model)
 
+  @classmethod
+  def check_config(cls, config):
+    q, b = config.loss.queue_size, config.train.batch_size
+    if q and q < b:
+      raise ValueError(f"Config field 'loss.queue_size': {q} must be 0 (no queue) or >= "
+                       f"train.batch_size={b} (each step enqueues the whole batch)")
+
   def build(self, model_config):
     """The flax module."""
     raise NotImplementedError
