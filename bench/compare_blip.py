@@ -126,9 +126,7 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -137,9 +135,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from workers import Worker, busy_cpu_seconds, matmul_peak, max_rss_mib, reply, serve, timed  # pylint: disable=wrong-import-position
 from tiny_spec import SPEC, VLP_OPTIONS, parse_overrides  # pylint: disable=wrong-import-position
 
-PREFIX = "@@ "
 PAD, EOS, CLS, ENC, DEC = 0, 2, 3, 5, 6  # vlp_jax.data.tokenizer's ids
 FIRST_PIECE = 7
 SETTINGS = {
@@ -390,54 +388,6 @@ def torch_optimizer(net, o, foreach):
 
 
 # ----------------------------------------------------------------------------- workers
-
-def reply(**fields):
-  print(PREFIX + json.dumps(fields), flush=True)
-
-
-def max_rss_mib():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rss_now_mib():
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024
-  return float("nan")
-
-
-def cpu_seconds():
-  t = os.times()
-  return t.user + t.system
-
-
-def serve(step, info):
-  """The worker loop: `run N` times N steps, `quit` reports max RSS."""
-  reply(ready=True, **info)
-  for line in sys.stdin:
-    cmd = line.split()
-    if cmd[0] == "run":
-      times = []
-      cpu0 = cpu_seconds()
-      for _ in range(int(cmd[1])):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-      reply(times=times, cpu=cpu_seconds() - cpu0)
-    elif cmd[0] == "quit":
-      reply(max_rss_mib=max_rss_mib(), rss_end_mib=rss_now_mib())
-      return
-
-
-def matmul_peak(matmul, n=2048, repeats=10):
-  """Best float32 GFLOP/s of an n x n matmul."""
-  best = 0.0
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    matmul()
-    best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
-  return best
 
 
 def vlp_train_step(batch_size, overrides, spec):
@@ -725,46 +675,6 @@ def parity_worker(tmp, spec):
 
 # ----------------------------------------------------------------------------- driver
 
-class Worker:
-  """A worker subprocess spoken to over stdin/stdout lines."""
-
-  def __init__(self, *args):
-    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 cwd=ROOT)
-
-  def read(self):
-    for line in self.proc.stdout:
-      if line.startswith(PREFIX):
-        return json.loads(line[len(PREFIX):])
-    raise RuntimeError(f"worker {self.proc.args[2:]} exited with {self.proc.wait()}")
-
-  def ask(self, command):
-    self.proc.stdin.write(command + "\n")
-    self.proc.stdin.flush()
-    return self.read()
-
-  def close(self):
-    result = self.ask("quit")
-    self.proc.wait()
-    return result
-
-
-def busy_cpu_seconds():
-  """CPU seconds all processes of the machine have used (from /proc/stat)."""
-  with open("/proc/stat") as f:
-    fields = [float(x) for x in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]
-  return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(worker, steps):
-  busy0, t0 = busy_cpu_seconds(), time.perf_counter()
-  result = worker.ask(f"run {steps}")
-  wall = time.perf_counter() - t0
-  other = max(0.0, busy_cpu_seconds() - busy0 - result["cpu"]) / wall  # cores used by others
-  return sum(result["times"]), other
-
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -814,7 +724,7 @@ def main():
   if args.profile:
     name = args.vlp.split(",")[0]
     sets = [f"--set={k}={v}" for k, v in SETTINGS[name].items()]
-    w = Worker("--worker=profile", f"--batch={args.batch}", f"--spec={args.spec}",
+    w = Worker(__file__, "--worker=profile", f"--batch={args.batch}", f"--spec={args.spec}",
                f"--repeats={args.repeats}", *sets, *(["--one_core"] if args.one_core else []))
     busy0, t0 = busy_cpu_seconds(), time.perf_counter()
     results = w.read()["results"]
@@ -833,7 +743,7 @@ def main():
   summary = {}
   if not args.skip_parity:
     with tempfile.TemporaryDirectory() as tmp:
-      parity = Worker("--worker=parity", f"--out={tmp}", f"--spec={args.spec}")
+      parity = Worker(__file__, "--worker=parity", f"--out={tmp}", f"--spec={args.spec}")
       result = parity.read()
       parity.proc.stdin.close()
       parity.proc.wait()
@@ -852,11 +762,12 @@ def main():
   for i, name in enumerate(names):  # one at a time: compiles do not overlap
     sets = [f"--set={k}={v}" for k, v in SETTINGS[name].items()]
     flops = ["--flops"] if name == "unrolled" else []
-    workers[f"vlp_jax:{name}"] = Worker("--worker=jax", f"--batch={b}", f"--spec={args.spec}",
+    workers[f"vlp_jax:{name}"] = Worker(
+        __file__, "--worker=jax", f"--batch={b}", f"--spec={args.spec}",
                                         f"--warmup={args.warmup}", *sets, *flops, *pin)
     info[f"vlp_jax:{name}"] = workers[f"vlp_jax:{name}"].read()
   # The driver stays light (no jax): a child's max RSS starts at its parent's RSS at fork.
-  spec_worker = Worker("--worker=spec", f"--batch={b}", f"--spec={args.spec}")
+  spec_worker = Worker(__file__, "--worker=spec", f"--batch={b}", f"--spec={args.spec}")
   spec = spec_worker.read()["spec"]
   spec_worker.proc.stdin.close()
   spec_worker.proc.wait()
@@ -864,7 +775,7 @@ def main():
   for threads in (int(x) for x in args.torch_threads.split(",")):
     name = "torch" if not threads else f"torch:{threads}thread"
     torch_rows.append(name)
-    workers[name] = Worker("--worker=torch", f"--batch={b}", f"--warmup={args.warmup}",
+    workers[name] = Worker(__file__, "--worker=torch", f"--batch={b}", f"--warmup={args.warmup}",
                            f"--torch_optim={args.torch_optim}", f"--torch_config={spec}",
                            f"--threads={threads}", *pin)
     info[name] = workers[name].read()

@@ -44,9 +44,7 @@ op is used by these models).
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,54 +53,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from workers import Worker, matmul_peak, max_rss_mib, reply, serve, timed  # pylint: disable=wrong-import-position
 from tiny_spec import (EOT, LR, WEIGHT_DECAY, make_batch, model_flops,  # pylint: disable=wrong-import-position
                        VLP_OPTIONS, open_clip_model, parse_overrides, vlp_config,
                        vlp_tokens)
 
-PREFIX = "@@ "
-
 
 # ----------------------------------------------------------------------------- workers
-
-def reply(**fields):
-  print(PREFIX + json.dumps(fields), flush=True)
-
-
-def max_rss_mib():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds():
-  t = os.times()
-  return t.user + t.system
-
-
-def serve(step, info):
-  """The worker loop: `run N` times N steps, `quit` reports max RSS."""
-  reply(ready=True, **info)
-  for line in sys.stdin:
-    cmd = line.split()
-    if cmd[0] == "run":
-      times = []
-      cpu0 = cpu_seconds()
-      for _ in range(int(cmd[1])):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-      reply(times=times, cpu=cpu_seconds() - cpu0)
-    elif cmd[0] == "quit":
-      reply(max_rss_mib=max_rss_mib())
-      return
-
-
-def matmul_peak(matmul, n=2048, repeats=10):
-  """Best float32 GFLOP/s of an n x n matmul."""
-  best = 0.0
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    matmul()
-    best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
-  return best
 
 
 def jax_worker(model, batch_size, warmup, overrides):
@@ -254,53 +211,15 @@ def parity_worker(out_path):
 
 # ----------------------------------------------------------------------------- driver
 
-class Worker:
-  """A worker subprocess spoken to over stdin/stdout lines."""
-
-  def __init__(self, *args):
-    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 cwd=ROOT)
-
-  def read(self):
-    for line in self.proc.stdout:
-      if line.startswith(PREFIX):
-        return json.loads(line[len(PREFIX):])
-    raise RuntimeError(f"worker {self.proc.args[2:]} exited with {self.proc.wait()}")
-
-  def ask(self, command):
-    self.proc.stdin.write(command + "\n")
-    self.proc.stdin.flush()
-    return self.read()
-
-  def close(self):
-    result = self.ask("quit")
-    self.proc.wait()
-    return result
-
-
-def busy_cpu_seconds():
-  """CPU seconds all processes of the machine have used (from /proc/stat)."""
-  with open("/proc/stat") as f:
-    fields = [float(x) for x in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]
-  return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(worker, steps):
-  busy0, t0 = busy_cpu_seconds(), time.perf_counter()
-  result = worker.ask(f"run {steps}")
-  wall = time.perf_counter() - t0
-  other = max(0.0, busy_cpu_seconds() - busy0 - result["cpu"]) / wall  # cores used by others
-  return sum(result["times"]), other
-
 
 def compare(model, batch_size, args):
   flops = model_flops(model)
-  workers = {"vlp_jax": Worker("--worker=jax", f"--model={model}", f"--batch={batch_size}",
+  workers = {"vlp_jax": Worker(
+      __file__, "--worker=jax", f"--model={model}", f"--batch={batch_size}",
                                f"--warmup={args.warmup}", *(f"--set={s}" for s in args.set))}
   info = {"vlp_jax": workers["vlp_jax"].read()}  # one at a time: compiles do not overlap
-  workers["open_clip"] = Worker("--worker=torch", f"--model={model}", f"--batch={batch_size}",
+  workers["open_clip"] = Worker(
+      __file__, "--worker=torch", f"--model={model}", f"--batch={batch_size}",
                                 f"--warmup={args.warmup}")
   info["open_clip"] = workers["open_clip"].read()
   rates = {name: [] for name in workers}
@@ -352,7 +271,8 @@ def main():
   summary = {}
   if not args.skip_parity:
     with tempfile.TemporaryDirectory() as tmp:
-      parity = Worker("--worker=parity", f"--out={os.path.join(tmp, 'open_clip_tiny.npz')}")
+      parity = Worker(
+          __file__, "--worker=parity", f"--out={os.path.join(tmp, 'open_clip_tiny.npz')}")
       result = parity.read()
       parity.proc.stdin.close()
       parity.proc.wait()
@@ -363,7 +283,7 @@ def main():
       sys.exit(f"parity check failed: {errors}")
     summary.update({f"parity/{k}": v for k, v in errors.items()})
 
-  counter = Worker("--worker=flops", f"--models={args.models}")
+  counter = Worker(__file__, "--worker=flops", f"--models={args.models}")
   xla_flops = counter.read()["xla_flops_per_sample"]
   counter.proc.stdin.close()
   counter.proc.wait()
