@@ -48,6 +48,7 @@ class FusionFamily(base.Family):
   EXACT_ACCUMULATION = False
   CONTRASTIVE_KIND = "softmax"
   SPECIAL_IDS = {name: tokenizer_lib.SPECIAL_IDS[name] for name in SPECIALS}
+  LM_NAME = "lm"  # metric prefix of the language-model term (ALBEF: mlm)
 
   def __init__(self, config, eos_id=1):
     super().__init__(config, eos_id)
@@ -154,7 +155,6 @@ class FusionFamily(base.Family):
                       logit_scale=scale, distill_alpha=self.alpha(state),
                       queue_count=state["queue_count"].astype(jnp.float32))
 
-  LM_NAME = "lm"
 
   @staticmethod
   def lm_features(total, nll, correct, weights):

@@ -86,8 +86,8 @@ def guarded_update(state, params, opt_state, finite, freeze, family_state=None):
   """The state after one step: the update where `finite`, else the old parameters,
   optimizer state and family state with the step counted as skipped. `freeze`
   (train.nonfinite=stop): after the first non-finite step no update applies, so the state
-  the loop stops with is the last good one. Either way the step advances, so the input stream and the step's RNG stay where
-  an uninterrupted run would have them.
+  the loop stops with is the last good one. Either way the step advances, so the input
+  stream and the step's RNG stay where an uninterrupted run would have them.
 
   No host sync: the loop reads the counters only when it logs or saves anyway.
   """
