@@ -15,6 +15,7 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # models/layers.py REMAT_POLICIES
 SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("none", "crop")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu")  # models/layers.py activation_fn
 DECODE_METHODS = ("greedy", "beam", "sample")
 NONFINITE = ("stop", "skip")
 WEIGHT_DECAY_MODES = ("decoupled", "lr_coupled")  # train/optimizer.py
@@ -96,6 +97,19 @@ def base_config():
   c.model.fusion_depth = 2
   c.model.dropout = 0.0
   c.model.tie_word_embeddings = True
+  # The decoder-only language model (models/language_model.py): what model.name='lm'
+  # trains, and the frozen LM of BLIP-2 stage 2 and prefix captioning. It shares
+  # model.vocab_size; `positions` rows of its position table (>= the soft prompt's length
+  # + model.context_length), after `position_offset` unused rows (OPT: 2).
+  c.model.lm = ConfigDict()
+  c.model.lm.width = 64
+  c.model.lm.depth = 2
+  c.model.lm.heads = 2
+  c.model.lm.mlp_ratio = 4.0
+  c.model.lm.activation = "gelu_tanh"  # GPT-2: gelu_tanh; OPT: relu
+  c.model.lm.positions = 64
+  c.model.lm.position_offset = 0
+  c.model.lm.tied = True  # output projection = token embedding's transpose (GPT-2, OPT)
 
   c.loss = ConfigDict()
   c.loss.contrastive = "allgather"
@@ -261,8 +275,9 @@ def validate(config):
              f"{width} is not divisible by model.{tower}_heads={heads}")
   _require(m.image_pool in ("cls", "map"), "model.image_pool", f"{m.image_pool!r} is not cls or map")
   _require(m.text_pool in ("eos", "last"), "model.text_pool", f"{m.text_pool!r} is not eos or last")
-  _require(m.activation in ("gelu", "gelu_tanh", "quick_gelu"), "model.activation",
-           f"{m.activation!r} is not gelu, gelu_tanh or quick_gelu")
+  for field, value in (("model.activation", m.activation), ("model.lm.activation",
+                                                           m.lm.activation)):
+    _require(value in ACTIVATIONS, field, f"{value!r} is not one of {ACTIVATIONS}")
   _require(m.multimodal_depth >= 1, "model.multimodal_depth", "must be >= 1")
   _require(m.num_decoder_queries >= 1, "model.num_decoder_queries", "must be >= 1")
   _require(m.coca_pooling in ("attention", "cls"), "model.coca_pooling",

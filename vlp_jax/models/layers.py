@@ -21,6 +21,8 @@ def activation_fn(name):
     return functools.partial(jax.nn.gelu, approximate=False)
   if name == "gelu_tanh":
     return functools.partial(jax.nn.gelu, approximate=True)
+  if name == "relu":  # OPT
+    return jax.nn.relu
   if name == "quick_gelu":
     return lambda x: x * jax.nn.sigmoid(1.702 * x)
   raise ValueError(f"Unknown activation {name!r}")
