@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu>=2.21,<2.22",
     "tensorflow-datasets>=4.9.10,<4.10",
     "sentencepiece>=0.2.3,<0.3",
+    "regex>=2026.5.9",  # GPT-2 pre-tokenisation's \p{L}/\p{N}, as GPT-2's encoder and HF use
     "ml_collections>=1.1.0,<1.2",
     "clu>=0.0.12,<0.1",
     "tensorboard>=2.21,<2.22",  # clu's metric writers need it; tensorflow-cpu does not pull it in.

@@ -7,6 +7,8 @@ for BLIP's decoder). Ids: pad 0, unk 1, eos 2, then the user-defined symbols [CL
 which only `special_id` minds).
 Run `python -m vlp_jax.data.tokenizer --data=SPEC --vocab_size=N --out=PATH` to train one
 ahead of a run and pass it as config.data.tokenizer.
+A Hugging Face GPT-2/OPT tokenizer folder (vocab.json, merges.txt) is read by bpe.py instead,
+with the same layout and ids one above Hugging Face's (0 stays padding).
 """
 import argparse
 import io
@@ -15,6 +17,7 @@ import os
 import numpy as np
 import sentencepiece as spm
 
+from vlp_jax.data import bpe
 from vlp_jax.data.tf_setup import tf
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
@@ -165,10 +168,17 @@ def get_tokenizer(config, workdir, reading=False):
   """The tokenizer of config.data.tokenizer, else the workdir's, else (training only) one
   trained on data.train's captions by process 0 and read by every process.
 
+  A folder (config.data.tokenizer, or WORKDIR/tokenizer/ when there is no
+  WORKDIR/tokenizer.model) is a Hugging Face byte-level BPE vocabulary: bpe.BpeTokenizer.
+
   `reading` (evaluation, captioning): a run is only ever read with the tokenizer it was
   trained with, so a missing one is an error, never a new one written into the workdir.
   """
   path = config.data.tokenizer
+  folder = os.path.join(workdir, "tokenizer")
+  if (not path and not tf.io.gfile.exists(os.path.join(workdir, "tokenizer.model")) and
+      bpe.is_bpe_folder(folder)):
+    path = folder  # an imported language model's vocabulary (models/import_hf_lm.py)
   if not path:
     path = os.path.join(workdir, "tokenizer.model")
     if reading and not tf.io.gfile.exists(path):
@@ -176,9 +186,16 @@ def get_tokenizer(config, workdir, reading=False):
                        f"config.data.tokenizer if the run was trained with another file)")
     if not reading:
       _train_once(config, path)
-  elif not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+  elif not tf.io.gfile.exists(path):
     raise ValueError(f"config.data.tokenizer={path!r} does not exist")
-  tok = Tokenizer(path, config.model.context_length)
+  if tf.io.gfile.isdir(path):
+    for name in ("vocab.json", "merges.txt"):
+      if not tf.io.gfile.exists(os.path.join(path, name)):
+        raise ValueError(f"Tokenizer folder {path!r} (config.data.tokenizer="
+                         f"{config.data.tokenizer!r}) has no {name}")
+    tok = bpe.BpeTokenizer(path, config.model.context_length)
+  else:
+    tok = Tokenizer(path, config.model.context_length)
   if tok.vocab_size > config.model.vocab_size:
     raise ValueError(
         f"Tokenizer {path!r} (config.data.tokenizer={config.data.tokenizer!r}) has "
