@@ -51,10 +51,10 @@ def base_config():
 
   c.model = ConfigDict()
   c.model.name = "clip"  # a registered family (vlp_jax/families: clip, siglip, coca, catlip, albef, blip)
-  # Start from another run's parameters: WORKDIR or WORKDIR:STEP (default: its latest).
+  # Start from other runs' parameters: "WORKDIR[:STEP];..." (default step: the latest).
   c.model.init_from = ""
-  # Which of them: "this/path:checkpoint/path,..." (parameter path prefixes, '/'-separated);
-  # empty: every parameter whose path and shape match one in the checkpoint.
+  # Which of them, one map per run (';'): "this/path:checkpoint/path,..." unrolled path
+  # prefixes (block_N, scanned or not); empty: every parameter whose path and shape match.
   c.model.init_from_map = ""
   c.model.dtype = "float32"  # compute dtype; parameters are always float32
   c.model.remat = False  # rematerialise each transformer block in backward

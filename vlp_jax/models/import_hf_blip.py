@@ -67,6 +67,7 @@ import numpy as np
 
 from vlp_jax import config_lib
 from vlp_jax.models import import_open_clip
+from vlp_jax.models import stacking
 
 TEXT_EPS = 1e-12  # fusion.BERT_EPS
 VISION_EPS = 1e-5  # layers.layer_norm's default, which the ViT uses
@@ -409,8 +410,8 @@ def blip_params(checkpoints, config_model, shared_from="retrieval", base_params=
                        f"{unused[:8]}{'...' if len(unused) > 8 else ''}")
     flat.update(_gather(sd, layout, role))
   flat[("log_logit_scale",)] = np.float32(np.log(m.logit_scale_init))
-  abstract = _abstract_params(m)
-  expected = {p: tuple(x.shape) for p, x in _flatten(_unrolled_paths(abstract, m)).items()}
+  abstract = _flatten(_abstract_params(m))
+  expected = {p: tuple(x.shape) for p, x in stacking.unrolled(abstract).items()}
   for path, value in flat.items():
     if path not in expected:
       raise AssertionError(f"import_hf_blip maps to {'/'.join(path)}, which models/blip.py "
@@ -421,13 +422,13 @@ def blip_params(checkpoints, config_model, shared_from="retrieval", base_params=
   absent = sorted(p for p in expected if p not in flat)
   if absent:
     fill = base_params if base_params is not None else _init_params(m, seed)
-    fill = _flatten(_unrolled_paths(jax.tree.map(np.asarray, fill), m, stacked=m.scan))
+    fill = stacking.unrolled(_flatten(jax.tree.map(np.asarray, fill)))
     logging.info("import_hf_blip: %d parameters not in the checkpoints, from %s: %s",
                  len(absent), "base_params" if base_params is not None else "initialisation",
                  sorted({"/".join(p[:3]) for p in absent}))
     for p in absent:
       flat[p] = np.asarray(fill[p], np.float32)
-  return _to_model_layout(flat, m)
+  return _to_model_layout(flat, abstract)
 
 
 def import_blip(retrieval_path=None, caption_path=None, config_model=None,
@@ -488,52 +489,15 @@ def _init_params(m, seed):
                           np.ones(tokens.shape, np.int32), method=module.init_all)["params"])())
 
 
-# Scanned stacks: (stack path, unrolled name pattern) of Blip's two layer stacks.
-_STACKS = ((("text_layers",), "layers", "layer_{}", "text_depth"),
-           (("image", "tower", "encoder"), "blocks", "block_{}", "vision_depth"))
-
-
-def _unrolled_paths(tree, m, stacked=None):
-  """A tree (shapes or arrays) with scanned stacks split into per-layer entries, so that
-  paths are the unrolled ones. stacked: whether `tree` is scanned (default m.scan)."""
-  stacked = m.scan if stacked is None else stacked
-  if not stacked:
-    return tree
-  flat = _flatten(tree)
-  out = {}
-  for path, value in flat.items():
-    for prefix, name, pattern, depth_field in _STACKS:
-      n = len(prefix)
-      if path[:n] == prefix and len(path) > n and path[n] == name:
-        for i in range(m[depth_field]):
-          rest = path[n + 1:]
-          out[prefix + (pattern.format(i),) + rest] = (
-              jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
-              if isinstance(value, jax.ShapeDtypeStruct) else value[i])
-        break
-    else:
-      out[path] = value
-  return _unflatten(out)
-
-
-def _to_model_layout(flat, m):
-  if m.scan:
-    stacked = {}
-    for prefix, name, pattern, depth_field in _STACKS:
-      n = len(prefix)
-      for i in range(m[depth_field]):
-        layer = prefix + (pattern.format(i),)
-        for path in [p for p in flat if p[:n + 1] == layer]:
-          stacked.setdefault(prefix + (name,) + path[n + 1:], []).append(flat.pop(path))
-    flat.update({p: np.stack(v) for p, v in stacked.items()})
-  params = _unflatten(flat)
-  want = _flatten(_abstract_params(m))
-  got = _flatten(params)
-  if {p: tuple(v.shape) for p, v in got.items()} != {p: tuple(v.shape) for p, v in want.items()}:
-    diff = sorted(set(got) ^ set(want)) or sorted(p for p in got if got[p].shape != want[p].shape)
+def _to_model_layout(flat, abstract):
+  """Unrolled `flat` stacked where the model scans (models/stacking.py), as nested dicts."""
+  got = stacking.to_layout(flat, abstract)
+  diff = sorted(set(abstract) - set(got)) or sorted(
+      p for p in got if tuple(got[p].shape) != tuple(abstract[p].shape))
+  if diff:
     raise AssertionError(f"import_hf_blip no longer matches models/blip.py at "
                          f"{['/'.join(p) for p in diff[:5]]}")
-  return params
+  return _unflatten(got)
 
 
 # ---- command line ----------------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""`model.init_from`: start a run from parts of another run's checkpoint (BLIP-2's frozen
-image encoder and language model, a CLIP image tower under a new head).
+"""`model.init_from`: start a run from parts of other runs' checkpoints (BLIP-2 stage 2: its
+image encoder and Q-Former from stage 1, its language model from an LM run; a CLIP image
+tower under a new head).
 
-`model.init_from = WORKDIR[:STEP]` (default step: the latest) names the run;
-`model.init_from_map = "this/path:checkpoint/path,..."` maps parameter path prefixes of
-this model to the checkpoint's ('/'-separated, under `params`). Empty: every parameter
-whose path and shape match. Only parameters are read (orbax partial restore of the
-`state` item that train/checkpoint.py writes); the optimizer and family state start
-fresh from them. A path that is not there, or a shape that differs, is a one-line
-ValueError naming it. Every host reads the chosen parameters whole into host memory, once,
-before the sharded state is built from them.
+`model.init_from = "WORKDIR[:STEP];WORKDIR[:STEP]..."` (default step: the latest) names the
+runs; `model.init_from_map = "MAP;MAP..."` pairs one map with each, by position, each map
+`this/path:checkpoint/path,...` mapping parameter path prefixes of this model to that
+checkpoint's ('/'-separated, under `params`). An empty map (or an empty `init_from_map`):
+every parameter whose path and shape match. A parameter chosen from two runs is an error.
+
+Paths are matched, mapped and reported unrolled (models/stacking.py): `block_3`, `layer_0`,
+whether either side was trained with `model.scan` or not, and shapes are compared per
+layer; a scanned model gets its stacks rebuilt from the layers. Layers past this model's
+depth are not wanted (BLIP-2's image encoder is a CLIP ViT minus its last block). A scanned
+stack must be loaded whole or not at all: it is one array.
+
+Only parameters are read (orbax partial restore of the `state` item that train/checkpoint.py
+writes); the optimizer and family state start fresh from them. A path that is not there, or
+a shape that differs, is a one-line ValueError naming it. Every host reads the chosen
+parameters whole into host memory, once, before the sharded state is built from them.
 """
 import os
 
@@ -16,6 +25,8 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from vlp_jax.models import stacking
 
 FIELD = "model.init_from"
 MAP_FIELD = "model.init_from_map"
@@ -27,6 +38,18 @@ def _split(spec):
   if sep and tail.isdigit():
     return head, int(tail)
   return spec, None
+
+
+def _runs(spec, map_spec):
+  """[(run, map)] of `spec`'s runs and the maps paired with them."""
+  runs = [run.strip() for run in spec.split(";")]
+  if not all(runs):
+    raise ValueError(f"Config field {FIELD!r}: {spec!r} has an empty run between ';'")
+  maps = map_spec.split(";") if map_spec.strip() else [""] * len(runs)
+  if len(maps) != len(runs):
+    raise ValueError(f"Config field {MAP_FIELD!r}: {len(maps)} ';'-separated maps for the "
+                     f"{len(runs)} runs of {FIELD}")
+  return list(zip(runs, maps))
 
 
 def _parse_map(map_spec):
@@ -47,7 +70,7 @@ def _name(path):
 
 
 def _checkpoint_params(workdir, step):
-  """(directory of the step, {path: shape} of its params, manager)."""
+  """(directory of the step, step, {path: ShapeDtypeStruct} of its params, manager)."""
   directory = os.path.join(workdir, "checkpoints")
   directory = directory if "://" in directory else os.path.abspath(directory)
   if "://" not in directory and not os.path.isdir(directory):
@@ -58,21 +81,42 @@ def _checkpoint_params(workdir, step):
                                            save_interval_steps=0))
   steps = sorted(manager.all_steps())
   if not steps:
+    manager.close()
     raise ValueError(f"Config field {FIELD!r}: no checkpoints in {directory}")
   if step is None:
     step = steps[-1]
   elif step not in steps:
+    manager.close()
     raise ValueError(f"Config field {FIELD!r}: no checkpoint at step {step} in {directory}; "
                      f"available steps: {', '.join(map(str, steps))}")
   meta = manager.item_metadata(step)["state"]
   tree = getattr(meta, "tree", meta)
   params = flax.traverse_util.flatten_dict(dict(tree["params"]))
-  shapes = {path: tuple(m.shape) for path, m in params.items()}
+  shapes = {path: jax.ShapeDtypeStruct(tuple(m.shape), getattr(m, "dtype", None) or "float32")
+            for path, m in params.items()}
   return f"{directory}/{step}", step, shapes, manager
 
 
+def _depths(wanted):
+  """{(prefix, 'block' or 'layer'): layers} of this model's stacks, from unrolled paths."""
+  depths = {}
+  for path in wanted:
+    found = stacking.layer_index(path)
+    if found:
+      prefix, kind, i = found
+      depths[prefix, kind] = max(depths.get((prefix, kind), 0), i + 1)
+  return depths
+
+
+def _past_depth(path, depths):
+  """Whether `path` is a layer past the depth of this model's stack there."""
+  found = stacking.layer_index(path)
+  return bool(found) and found[:2] in depths and found[2] >= depths[found[:2]]
+
+
 def plan(map_spec, wanted, saved, where):
-  """{this model's path: checkpoint path} to load; ValueError naming what does not fit."""
+  """{this model's path: checkpoint path} to load, both unrolled; `wanted`, `saved`: {unrolled
+  path: shape}. ValueError naming what does not fit."""
   pairs = _parse_map(map_spec)
   if not pairs:
     chosen = {p: p for p in wanted if p in saved and saved[p] == wanted[p]}
@@ -80,15 +124,20 @@ def plan(map_spec, wanted, saved, where):
       raise ValueError(f"Config field {FIELD!r}: no parameter of this model has the same "
                        f"path and shape in {where}")
     return chosen
+  depths = _depths(wanted)
   chosen = {}
   for dst, src in pairs:
     found = [p for p in saved if p[:len(src)] == src]
     if not found:
+      scanned = set(src) & (set(stacking.STACKS) | {stacking.LAST})
+      hint = " (paths are unrolled: block_N, layer_N)" if scanned else ""
       raise ValueError(f"Config field {MAP_FIELD!r}: {_name(src)} is not a parameter path "
-                       f"in {where}")
+                       f"in {where}{hint}")
     for path in found:
       target = dst + path[len(src):]
       if target not in wanted:
+        if _past_depth(target, depths):
+          continue
         raise ValueError(f"Config field {MAP_FIELD!r}: {_name(target)} (from {_name(path)}) "
                          f"is not a parameter path of this model")
       if wanted[target] != saved[path]:
@@ -99,20 +148,75 @@ def plan(map_spec, wanted, saved, where):
   return chosen
 
 
-def load(spec, map_spec, abstract_params):
-  """{param path tuple: numpy array} for state.create, or None when `spec` is empty."""
-  if not spec:
-    return None
-  workdir, step = _split(spec)
-  where, step, saved, manager = _checkpoint_params(workdir, step)
-  wanted = {p: tuple(x.shape) for p, x in
-            flax.traverse_util.flatten_dict(dict(abstract_params)).items()}
-  chosen = plan(map_spec, wanted, saved, where)
-  sources = sorted(set(chosen.values()))
-  item = {"params": flax.traverse_util.unflatten_dict({p: 0 for p in sources})}
+def _restore(manager, step, paths):
+  """{checkpoint path: numpy array} of `paths` (as stored: scanned stacks whole)."""
+  item = {"params": flax.traverse_util.unflatten_dict({p: 0 for p in paths})}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=True)))["state"]
-  manager.close()
-  values = flax.traverse_util.flatten_dict(dict(restored["params"]))
-  return {dst: np.asarray(values[src]) for dst, src in chosen.items()}
+  return flax.traverse_util.flatten_dict(dict(restored["params"]))
+
+
+def _read(run, map_spec, wanted, taken):
+  """{this model's unrolled path: numpy array} from one run; `taken`: {path: run} so far."""
+  workdir, step = _split(run)
+  where, step, saved_flat, manager = _checkpoint_params(workdir, step)
+  try:
+    origins = stacking.origins(saved_flat)
+    saved = {p: tuple(x.shape) for p, x in stacking.unrolled(saved_flat).items()}
+    chosen = plan(map_spec, wanted, saved, where)
+    for dst in sorted(chosen):
+      if dst in taken:
+        raise ValueError(f"Config field {MAP_FIELD!r}: {_name(dst)} is chosen from both "
+                         f"{taken[dst]} and {run}")
+    values = _restore(manager, step, sorted({origins[src][0] for src in chosen.values()}))
+  finally:
+    manager.close()
+  out = {}
+  for dst, src in chosen.items():
+    path, i = origins[src]
+    out[dst] = np.asarray(values[path] if i is None else values[path][i])
+    taken[dst] = run
+  return out
+
+
+def load(spec, map_spec, abstract_params):
+  """{param path tuple in this model's layout: numpy array} for state.create, or None when
+  `spec` is empty."""
+  if not spec:
+    return None
+  abstract = {p: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype) for p, x in
+              flax.traverse_util.flatten_dict(dict(abstract_params)).items()}
+  wanted = {p: tuple(x.shape) for p, x in stacking.unrolled(abstract).items()}
+  layers, taken = {}, {}
+  for run, run_map in _runs(spec, map_spec):
+    layers.update(_read(run, run_map, wanted, taken))
+  loaded = stacking.to_layout(layers, abstract)
+  for path in abstract:
+    parts = stacking.layers_of(path, abstract)
+    have = [p for p in parts if p in layers]
+    if have and path not in loaded:
+      missing = next(p for p in parts if p not in layers)
+      raise ValueError(f"Config field {MAP_FIELD!r}: {_name(have[0])} is loaded but not "
+                       f"{_name(missing)}, and this model (model.scan) holds both in "
+                       f"{_name(path)}: load every layer of it or none")
+  return loaded
+
+
+def _count(n):
+  for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    if n >= size:
+      return f"{n / size:.1f}{unit}"
+  return str(n)
+
+
+def summary(loaded):
+  """One line: arrays and values loaded under each top-level subtree (for the log)."""
+  if not loaded:
+    return "nothing"
+  groups = {}
+  for path, value in sorted(loaded.items()):
+    arrays, values = groups.get(path[0], (0, 0))
+    groups[path[0]] = (arrays + 1, values + int(np.prod(np.shape(value))))
+  return ", ".join(f"{name}: {arrays} array{'s' * (arrays != 1)} ({_count(values)} values)"
+                   for name, (arrays, values) in groups.items())

@@ -234,6 +234,8 @@ def train(config, workdir, allow_config_change=False):
   restored = s.checkpointer.restore(s.abstract_state, s.shardings)
   if restored is None:
     loaded = init_from.load(c.model.init_from, c.model.init_from_map, s.abstract_state.params)
+    if loaded is not None:
+      logging.info("init_from %s: %s", c.model.init_from, init_from.summary(loaded))
     state, _ = state_lib.create(s.family, s.tx, c.seed, s.mesh, loaded)
     position = 0
   else:
