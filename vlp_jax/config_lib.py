@@ -56,7 +56,10 @@ def base_config():
   # Which of them, one map per run (';'): "this/path:checkpoint/path,..." unrolled path
   # prefixes (block_N, scanned or not); empty: every parameter whose path and shape match.
   c.model.init_from_map = ""
-  c.model.dtype = "float32"  # compute dtype; parameters are always float32
+  c.model.dtype = "float32"  # compute dtype; trained parameters are always float32
+  # Storage of the family's frozen parameters (Family.frozen): bfloat16 halves their
+  # memory; they get no gradient or optimizer state either way.
+  c.model.frozen_dtype = "float32"
   c.model.remat = False  # rematerialise each transformer block in backward
   c.model.remat_policy = "full"  # what remat keeps: full | dots | dots_and_attention
   c.model.scan = False  # nn.scan over layers: compile time flat in depth
@@ -74,7 +77,9 @@ def base_config():
   c.model.text_heads = 2
   c.model.text_mlp_ratio = 4.0
   c.model.activation = "gelu"  # gelu (exact), gelu_tanh or quick_gelu (OpenAI CLIP)
-  c.model.image_pool = "cls"  # cls: class token (CLIP); map: attention pooling (SigLIP)
+  # cls: class token (CLIP); map: attention pooling (SigLIP); none: no class token (CoCa's
+  # tower; only for the families that read tokens, BLIP-2 and prefix captioning)
+  c.model.image_pool = "cls"
   c.model.text_causal = True
   c.model.text_pool = "eos"  # eos: at the end-of-text token (CLIP); last: last position
   c.model.logit_scale_init = 1 / 0.07  # SigLIP: 10
@@ -101,6 +106,15 @@ def base_config():
   # trains, and the frozen LM of BLIP-2 stage 2 and prefix captioning. It shares
   # model.vocab_size; `positions` rows of its position table (>= the soft prompt's length
   # + model.context_length), after `position_offset` unused rows (OPT: 2).
+  # BLIP-2 / prefix captioning: the frozen image tower's output layer (-1: last, with its
+  # final LayerNorm; -2: BLIP-2's second-to-last, unnormalised); num_queries learned
+  # queries (BLIP-2: 32) bridge it to the LM, through a Q-Former of text_* size whose
+  # every cross_attention_every-th layer reads the image (BLIP-2: 2), or through
+  # mapper_depth pre-LN layers of lm width (prefix captioning).
+  c.model.vision_feature_layer = -1
+  c.model.num_queries = 32
+  c.model.cross_attention_every = 2
+  c.model.mapper_depth = 2
   c.model.lm = ConfigDict()
   c.model.lm.width = 64
   c.model.lm.depth = 2
@@ -128,6 +142,7 @@ def base_config():
   c.loss.distill_alpha = 0.4  # targets: (1 - alpha) one-hot + alpha momentum softmax
   c.loss.distill_ramp_steps = 0  # alpha grows linearly over these first steps (ALBEF: 1 epoch)
   c.loss.mlm_prob = 0.15  # ALBEF: share of caption tokens masked
+  c.loss.itc_label_smoothing = 0.1  # BLIP-2's ITC targets (as LAVIS)
 
   c.data = ConfigDict()
   c.data.train = "builtin:shapes:train"
@@ -262,7 +277,8 @@ def validate(config):
            f"(EXACT_ACCUMULATION = False); use 1")
   _require(bool(m.init_from) or not m.init_from_map, "model.init_from_map",
            "is set but model.init_from names no run")
-  _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
+  for field in ("dtype", "frozen_dtype"):
+    _require(m[field] in DTYPES, f"model.{field}", f"{m[field]!r} is not one of {DTYPES}")
   _require(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
            f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
   _require(config.loss.contrastive in CONTRASTIVE_IMPLS, "loss.contrastive",
@@ -273,7 +289,8 @@ def validate(config):
     width, heads = m[f"{tower}_width"], m[f"{tower}_heads"]
     _require(width % heads == 0, f"model.{tower}_width",
              f"{width} is not divisible by model.{tower}_heads={heads}")
-  _require(m.image_pool in ("cls", "map"), "model.image_pool", f"{m.image_pool!r} is not cls or map")
+  _require(m.image_pool in ("cls", "map", "none"), "model.image_pool",
+           f"{m.image_pool!r} is not cls, map or none")
   _require(m.text_pool in ("eos", "last"), "model.text_pool", f"{m.text_pool!r} is not eos or last")
   for field, value in (("model.activation", m.activation), ("model.lm.activation",
                                                            m.lm.activation)):
@@ -351,9 +368,20 @@ def validate(config):
   _finite_in(lo.momentum, "loss.momentum", 0, 1)
   _finite_in(lo.distill_alpha, "loss.distill_alpha", 0, 1)
   _finite_in(lo.mlm_prob, "loss.mlm_prob", 0, 1, low_open=True, high_open=True)
+  _finite_in(lo.itc_label_smoothing, "loss.itc_label_smoothing", 0, 1, high_open=True)
   _require(lo.distill_ramp_steps >= 0, "loss.distill_ramp_steps", "must be >= 0")
   _require(lo.queue_size >= 0, "loss.queue_size", f"must be >= 0, got {lo.queue_size}")
   _finite_in(m.dropout, "model.dropout", 0, 1, high_open=True)
+  for field in ("width", "depth", "heads", "positions"):
+    _require(m.lm[field] >= 1, f"model.lm.{field}", f"must be >= 1, got {m.lm[field]}")
+  _require(m.lm.width % m.lm.heads == 0, "model.lm.width",
+           f"{m.lm.width} is not divisible by model.lm.heads={m.lm.heads}")
+  _require(m.lm.position_offset >= 0, "model.lm.position_offset", "must be >= 0")
+  _finite_in(m.lm.mlp_ratio, "model.lm.mlp_ratio", 0, None, low_open=True)
+  _require(-m.vision_depth <= m.vision_feature_layer <= -1, "model.vision_feature_layer",
+           f"{m.vision_feature_layer} must be in [-model.vision_depth, -1]")
+  for field in ("num_queries", "cross_attention_every", "mapper_depth"):
+    _require(m[field] >= 1, f"model.{field}", f"must be >= 1, got {m[field]}")
   _require(m.fusion_depth >= 1, "model.fusion_depth", f"must be >= 1, got {m.fusion_depth}")
   _require(config.eval.itm_top_k >= 1, "eval.itm_top_k",
            f"must be >= 1, got {config.eval.itm_top_k}")

@@ -143,13 +143,14 @@ def class_scores(encoder, params, tokenizer, task, image_emb):
   """[N, C] image-class scores from the task's prompts, combined as `task.ensemble` says."""
   prompts = [t.format(name) for name in task.classnames for t in task.templates]
   emb = encoder.texts(params, tokenizer.encode(prompts))
-  emb = emb.reshape(len(task.classnames), len(task.templates), -1)
+  scores = encoder.family.image_text_scores
   if task.ensemble == "max":
-    return np.einsum("nd,ctd->nct", image_emb, emb).max(axis=-1)
+    return scores(image_emb, emb).reshape(len(image_emb), len(task.classnames), -1).max(-1)
   if task.ensemble != "mean":
     raise ValueError(f"Unknown prompt ensemble {task.ensemble!r} (mean or max)")
-  emb = emb.mean(axis=1)  # CLIP: average the normalised prompt embeddings, renormalise
-  return image_emb @ (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).T
+  # CLIP: average the normalised prompt embeddings, renormalise
+  emb = emb.reshape(len(task.classnames), len(task.templates), -1).mean(axis=1)
+  return scores(image_emb, emb / np.linalg.norm(emb, axis=-1, keepdims=True))
 
 
 def pair_scorer(encoder, params, contexts, tokens):
@@ -187,7 +188,7 @@ def itm_retrieval(encoder, params, ev, image_emb, text_emb, top_k):
   """
   contexts = encoder.contexts(params, ev)
   score = pair_scorer(encoder, params, contexts, ev.tokens)
-  sims = text_emb @ image_emb.T  # [texts, images]
+  sims = encoder.family.image_text_scores(image_emb, text_emb).T  # [texts, images]
   t2i = metrics.rerank(sims, top_k, score)
   i2t = metrics.rerank(sims.T, top_k, lambda images, texts: score(texts, images))
   return metrics.retrieval(None, None, ev.captions, text_image=getattr(ev, "text_image", None),
@@ -211,7 +212,8 @@ def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "z
     if (retrieval or itm) and getattr(ev, "retrieval", True):
       txt = encoder.texts(params, ev.tokens)
       if retrieval:
-        for key, value in metrics.retrieval(img, txt, ev.captions,
+        sims = encoder.family.image_text_scores(img, txt)
+        for key, value in metrics.retrieval(None, None, ev.captions, scores=(sims.T, sims),
                                             text_image=getattr(ev, "text_image", None)).items():
           results[f"retrieval/{ev.name}/{key}"] = value
       if itm:

@@ -19,6 +19,7 @@ Optional, with defaults that do nothing:
   constrain(params)               a projection after each update (CLIP's logit clamp)
   encode_image / encode_text / classify / image_context / match / caption
                                   what the declared EVALUATIONS need
+  image_text_scores(img, txt)     how evaluators score their embeddings (default: dot)
   EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND, USES_TOKENIZER
                                   declarations read by the trainer, validation,
                                   evaluation and describe
@@ -145,6 +146,12 @@ class Family(abc.ABC):
   def encode_text(self, params, tokens):
     """L2-normalised text embeddings [b, D] (retrieval, zero-shot by text prompts)."""
     raise NotImplementedError(f"{type(self).__name__} has no text encoder")
+
+  def image_text_scores(self, image_emb, text_emb):
+    """[I, T] numpy scores of encode_image and encode_text outputs, higher: a better pair
+    (retrieval, zero-shot by prompts). Default: cosine similarity, the dot product of the
+    normalised embeddings."""
+    return image_emb @ text_emb.T
 
   def classify(self, params, images):
     """Class logits [b, C] of a classification head (zero-shot by head)."""

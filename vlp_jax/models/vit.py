@@ -36,6 +36,9 @@ class VisionTransformer(nn.Module):
   # ViTs (ALBEF, BLIP) have a patch bias and no such LayerNorm.
   patch_bias: bool = False
   pre_norm: bool = True
+  # False: tokens come out of the last block as they are (BLIP-2 reads a CLIP tower's
+  # second-to-last layer and normalises it with a LayerNorm of its own).
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, images):
@@ -62,7 +65,8 @@ class VisionTransformer(nn.Module):
                            dtype=self.dtype, remat=self.remat,
                            remat_policy=self.remat_policy, scan=self.scan, name="encoder")(
                                x, output_rows=rows)
-    x = layers.layer_norm(self.dtype, "ln_post")(x)
+    if self.final_norm:
+      x = layers.layer_norm(self.dtype, "ln_post")(x)
     if self.pool == "none":
       return None, x
     if self.pool == "cls":
@@ -76,3 +80,21 @@ class VisionTransformer(nn.Module):
       pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
                         kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)
     return pooled, None if pooled_only else x
+
+
+def feature_encoder(m):
+  """The image tower of a CLIP/SigLIP/CoCa-style run as a token encoder, from
+  `config.model`, for models that read its tokens (BLIP-2, prefix captioning).
+
+  `model.vision_feature_layer` -1 keeps every block and ln_post; -2 (BLIP-2) stops after
+  the second-to-last block, unnormalised. `model.image_pool` says whether the run's tower
+  has a class token (cls) or not (map: SigLIP, none: CoCa); no pooling head is built, so
+  the parameter tree is the run's tower minus what is not read (model.init_from).
+  """
+  depth = m.vision_depth + m.vision_feature_layer + 1
+  return VisionTransformer(
+      patch_size=m.patch_size, width=m.vision_width, depth=depth, num_heads=m.vision_heads,
+      mlp_dim=int(m.vision_width * m.vision_mlp_ratio), activation=m.activation,
+      pool="cls" if m.image_pool == "cls" else "none", dtype=jnp.dtype(m.dtype),
+      remat=m.remat, remat_policy=m.remat_policy, scan=m.scan,
+      final_norm=m.vision_feature_layer == -1)

@@ -38,7 +38,14 @@ DATA_FIELDS = ("train", "tokenizer", "holdout_percent", "shuffle_buffer", "augme
 
 def fingerprint(config):
   """{"model.activation": "gelu", ..., "seed": 0}: flat, JSON-safe, sorted by name."""
-  fields = {f"model.{k}": v for k, v in config.model.items() if k not in MODEL_EXCLUDED}
+  fields = {}
+  for k, v in config.model.items():
+    if k in MODEL_EXCLUDED:
+      continue
+    if hasattr(v, "items"):  # a group of fields (model.lm)
+      fields.update({f"model.{k}.{name}": value for name, value in v.items()})
+    else:
+      fields[f"model.{k}"] = v
   fields.update({f"data.{k}": config.data[k] for k in DATA_FIELDS})
   fields["seed"] = config.seed
   fields["train.batch_size"] = config.train.batch_size

@@ -59,6 +59,7 @@ def _init_fn(family, tx, seed, loaded=None):
     params = family.init(jax.random.PRNGKey(seed), batch)
     if loaded:
       params = _replace(params, loaded)
+    params = _store_frozen(family, params)
     zero = jnp.zeros((), jnp.int32)
     # Boxed parameters in, so the optimizer and family state inherit their axis names.
     return TrainState(step=zero, params=params,
@@ -67,6 +68,17 @@ def _init_fn(family, tx, seed, loaded=None):
                       skipped_nonfinite=zero, nonfinite_streak=zero, nonfinite_step=zero,
                       family_state=family.init_state(params))
   return init
+
+
+def _store_frozen(family, params):
+  """params with the frozen ones cast to model.frozen_dtype (boxes keep their names)."""
+  dtype = jnp.dtype(family.config.model.frozen_dtype)
+  mask = frozen_mask(family, params)
+  if mask is None or dtype == jnp.float32:
+    return params
+  cast = lambda p, f: p.replace_boxed(nn.meta.unbox(p).astype(dtype)) if f else p
+  boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(cast, params, mask, is_leaf=boxed)
 
 
 def _replace(params, loaded):
