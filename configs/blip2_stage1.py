@@ -36,6 +36,7 @@ def get_config(arg=None):
   m.context_length = 32
   m.dropout = 0.1
   m.dtype = "bfloat16"
+  m.scan = True  # compile time flat in depth (the Q-Former stays unrolled: 12 layers)
   c.data.train = "jsonl:data/pairs:train"  # set to your data
   c.data.eval = ""
   c.train.batch_size = 1_680

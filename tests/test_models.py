@@ -84,7 +84,9 @@ def test_clip_b16_matches_openai_parameter_count():
   assert summary["params/image_tower"] == 86_192_640  # OpenAI ViT-B/16 visual incl. proj
   # Forward FLOPs of one image-text pair, ~41 GFLOPs for ViT-B/16 CLIP.
   assert 38e9 < summary["forward_flops_per_example"] < 44e9
-  assert summary["flops_per_example"] == 3 * summary["forward_flops_per_example"]
+  # Backward: twice the forward but for the gradient of the images (the patch embedding's).
+  ratio = summary["flops_per_example"] / summary["forward_flops_per_example"]
+  assert 2.95 < ratio < 3.0
 
 
 @pytest.mark.parametrize("scan", [False, True])

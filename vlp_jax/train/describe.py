@@ -6,6 +6,7 @@ a pod-sized config takes seconds on a laptop.
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
@@ -13,6 +14,7 @@ from vlp_jax import config_lib, families, losses
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding
 from vlp_jax.train import optimizer, state as state_lib
+from vlp_jax.train import step as step_lib
 
 
 def _dot_flops(eqn):
@@ -56,6 +58,28 @@ def forward_flops_per_example(family, params, family_state=None):
   return matmul_flops(jaxpr.jaxpr)
 
 
+def train_flops_per_example(family, params, family_state=None):
+  """Matmul FLOPs of one example's forward and backward pass as the train step runs them:
+  frozen parameters get no weight gradient (and a frozen tower whose input needs none, no
+  backward at all), state such as a momentum model is only read forward."""
+  batch = family.example_batch(1)
+  frozen = state_lib.frozen_mask(family, params)
+
+  def forward_backward(p, b, s):
+    features = lambda q: family.features(step_lib.stop_frozen(q, frozen), b,
+                                         jax.random.PRNGKey(0), s)
+    out, pull = jax.vjp(features, p)
+    return pull(jax.tree.map(jnp.ones_like, out))
+  jaxpr = jax.make_jaxpr(forward_backward)(params, batch, family_state)
+  return matmul_flops(jaxpr.jaxpr)
+
+
+def _without_remat(config):
+  config = config.copy_and_resolve_references()
+  config.model.remat = False
+  return config
+
+
 def _param_counts(params):
   counts = {name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(sub)))
             for name, sub in params.items()}
@@ -86,7 +110,10 @@ def describe(config, num_devices=None):
       "num_devices": num_devices,
       "params_total": counts["total"],
       **{f"params/{k}": v for k, v in counts.items() if k != "total"},
-      "flops_per_example": 3 * forward,  # forward + backward (2x forward) matmul FLOPs
+      # forward + backward matmul FLOPs (backward: about 2x forward where all is trained),
+      # without rematerialisation's recomputation: the model's FLOPs, as MFU counts them
+      "flops_per_example": train_flops_per_example(families.get_family(_without_remat(config)),
+                                                   abstract.params, abstract.family_state),
       "forward_flops_per_example": forward,
       "bytes_per_device/params": sharding.bytes_per_device(abstract.params, specs.params,
                                                            mesh_shape),
@@ -97,8 +124,12 @@ def describe(config, num_devices=None):
   result["flops_per_step"] = result["flops_per_example"] * config.train.batch_size
   frozen = state_lib.frozen_mask(family, abstract.params)
   if frozen is not None:  # they have no optimizer state (state_lib.optimizer_for)
-    result["params_frozen"] = int(sum(np.prod(x.shape) for x, f in zip(
-        jax.tree.leaves(abstract.params), jax.tree.leaves(frozen)) if f))
+    leaves = list(zip(jax.tree.leaves(abstract.params), jax.tree.leaves(frozen)))
+    result["params_frozen"] = int(sum(np.prod(x.shape) for x, f in leaves if f))
+    result["bytes/params_frozen"] = int(sum(x.size * x.dtype.itemsize for x, f in leaves if f))
+  result["params_trainable"] = counts["total"] - result.get("params_frozen", 0)
+  result["bytes/opt_state"] = int(sum(x.size * x.dtype.itemsize
+                                      for x in jax.tree.leaves(abstract.opt_state)))
   if family.CONTRASTIVE_KIND:
     result["bytes_per_device/loss"] = losses.memory_estimate(
         config.loss.contrastive, family.CONTRASTIVE_KIND,

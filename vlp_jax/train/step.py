@@ -37,7 +37,7 @@ def _merge_micro(tree):
   return jax.tree.map(merge, tree)
 
 
-def _stop_frozen(params, mask):
+def stop_frozen(params, mask):
   """params with the frozen ones (mask True) cut from the gradient."""
   if mask is None:
     return params
@@ -51,7 +51,7 @@ def loss_and_grads(family, params, batch, rng, mesh, accum, family_state=None, f
   """
   if accum == 1:
     def total(p):
-      p = _stop_frozen(p, frozen)
+      p = stop_frozen(p, frozen)
       feats = family.features(p, batch, rng, family_state)
       loss, metrics = family.loss(p, feats, mesh, family_state)
       return loss, (metrics, feats)
@@ -64,11 +64,11 @@ def loss_and_grads(family, params, batch, rng, mesh, accum, family_state=None, f
 
   def forward(p, k):
     mb = jax.tree.map(lambda x: x[k], micro)
-    return family.features(_stop_frozen(p, frozen), mb, keys[k], family_state)
+    return family.features(stop_frozen(p, frozen), mb, keys[k], family_state)
 
   feats = jax.lax.map(lambda k: forward(jax.lax.stop_gradient(params), k), jnp.arange(accum))
   full = _merge_micro(feats)
-  loss_fn = lambda p, f: family.loss(_stop_frozen(p, frozen), f, mesh, family_state)
+  loss_fn = lambda p, f: family.loss(stop_frozen(p, frozen), f, mesh, family_state)
   (loss, metrics), (direct_grads, feat_grads) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(params, full)
   feat_grads = jax.lax.with_sharding_constraint(_split_micro(feat_grads, accum), micro_sharding)
