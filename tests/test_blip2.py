@@ -233,12 +233,14 @@ def test_stage2_initial_qformer_is_stage1s_exactly(stage2):
     np.testing.assert_array_equal(loaded[path], dict_get(s1, path))
 
 
-def test_soft_prompt_greedy_captions_equal_the_uncached_argmax(stage2):
+@pytest.mark.parametrize("prompt", [(), (9, 11)])
+def test_soft_prompt_greedy_captions_equal_the_uncached_argmax(stage2, prompt):
   _, family, state, _, _, _, _ = stage2
   params = state.params
   images = random_batch(stage2[0])["image"][:2]
-  greedy = np.asarray(jax.jit(lambda p, x: family.caption(p, x, method="greedy", max_len=6))(
-      params, images))
+  greedy = np.asarray(jax.jit(lambda p, x: family.caption(p, x, method="greedy", max_len=6,
+                                                          prompt=prompt))(params, images))
+  np.testing.assert_array_equal(greedy[:, :len(prompt)], np.array([prompt] * 2).reshape(2, -1))
   m = family.module
   ids = jnp.concatenate([jnp.full((2, 1), family.start_id), greedy[:, :-1]], axis=1)
 
@@ -251,7 +253,7 @@ def test_soft_prompt_greedy_captions_equal_the_uncached_argmax(stage2):
   want = np.asarray(jnp.argmax(jax.jit(logits)(params, ids), -1))
   for row in range(2):
     n = int(np.argmax(greedy[row] == 1)) + 1 if (greedy[row] == 1).any() else greedy.shape[1]
-    np.testing.assert_array_equal(greedy[row, :n], want[row, :n])
+    np.testing.assert_array_equal(greedy[row, len(prompt):n], want[row, len(prompt):n])
 
 
 def test_prefix_lm_trains_only_its_mapper():

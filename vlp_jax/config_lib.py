@@ -225,6 +225,7 @@ def base_config():
   c.decode.top_p = 1.0  # sample: nucleus, the fewest tokens with this much probability
   c.decode.max_length = 0  # generated tokens, EOS included; 0: model.context_length
   c.decode.show = 10  # captions printed next to the true ones
+  c.decode.prompt = ""  # text every caption starts with (BLIP-2's "a photo of"); generated after it
   return c
 
 

@@ -25,18 +25,28 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 class Captioner(runner.Encoder):
   """Jitted, sharded decoding over fixed-size batches (one compile), as the encoders."""
 
-  def __init__(self, family, mesh, batch_size, decode, seed):
+  def __init__(self, family, mesh, batch_size, decode, seed, tokenizer=None):
     super().__init__(family, mesh, batch_size)
     rng = jax.random.PRNGKey(seed)
     options = dict(method=decode.method, beam_size=decode.beam_size,
                    alpha=decode.length_penalty, temperature=decode.temperature,
                    top_k=decode.top_k, top_p=decode.top_p, max_len=decode.max_length)
+    if decode.prompt:
+      options["prompt"] = prompt_ids(tokenizer, decode.prompt)
     self._caption = self.jit_on_images(
         lambda params, images: family.caption(params, images, rng, **options))
 
   def captions(self, params, ev):
     """Caption tokens of the usable images of an EvalSet (decoded across hosts)."""
     return self._run_images(self._caption, params, ev)
+
+
+def prompt_ids(tokenizer, text):
+  """The pieces of `text` (decode.prompt), without EOS: a caption's forced beginning."""
+  ids = [int(i) for i in tokenizer.encode([text])[0] if i not in (0, tokenizer.eos_id)]
+  if not ids:
+    raise ValueError(f"Config field 'decode.prompt': {text!r} has no tokens")
+  return tuple(ids)
 
 
 def image_folder(path, config, mesh=None):
@@ -72,7 +82,8 @@ def eval_set_input(spec, s):
 def evaluate_sets(family, mesh, params, tokenizer, eval_sets, config):
   """Caption metrics of loaded EvalSets (the end of training of a captioning family),
   printing the first `decode.show` captions beside their references."""
-  captioner = Captioner(family, mesh, config.eval.batch_size, config.decode, config.seed)
+  captioner = Captioner(family, mesh, config.eval.batch_size, config.decode, config.seed,
+                        tokenizer)
   results = {}
   for ev in eval_sets:
     texts = tokenizer.decode(captioner.captions(params, ev))
@@ -103,7 +114,8 @@ def caption_checkpoint(config, workdir, step=None, caption_data=None,
   specs = [caption_data] if caption_data else config_lib.eval_specs(config)
   if not specs:
     raise ValueError("Nothing to caption: pass --caption_data or set data.eval")
-  captioner = Captioner(s.family, s.mesh, config.eval.batch_size, config.decode, config.seed)
+  captioner = Captioner(s.family, s.mesh, config.eval.batch_size, config.decode, config.seed,
+                        s.tokenizer)
   results = {"step": step}
   primary = jax.process_index() == 0
   for spec in specs:

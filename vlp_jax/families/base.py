@@ -172,7 +172,8 @@ class Family(abc.ABC):
     raise NotImplementedError(f"{type(self).__name__} has no matching head")
 
   def caption(self, params, images, rng=None, **options):
-    """Caption tokens [b, L] of images in the tokenizer's layout."""
+    """Caption tokens [b, L] of images in the tokenizer's layout; `options` are the decode
+    fields (method, beam_size, ..., max_len) and `prompt`, ids every caption starts with."""
     raise NotImplementedError(f"{type(self).__name__} has no caption decoder")
 
 

@@ -103,24 +103,36 @@ class CocaFamily(base.Family):
     return variables["cache"]
 
   def caption(self, params, images, rng=None, method="beam", beam_size=4, alpha=0.6,
-              temperature=1.0, top_k=0, top_p=1.0, max_len=0):
+              temperature=1.0, top_k=0, top_p=1.0, max_len=0, prompt=()):
     """Caption tokens [b, max_len] (default: model.context_length) of images, in the
-    tokenizer's layout; jit it with the options static. method: greedy, beam or sample."""
+    tokenizer's layout, starting with the forced `prompt` ids (decode.prompt); jit it with
+    the options static. method: greedy, beam or sample."""
     n = max_len or self.config.model.context_length
     if n > self.config.model.context_length:
       raise ValueError(f"max_len={n} exceeds model.context_length="
                        f"{self.config.model.context_length}")
+    prompt = tuple(prompt)
+    if len(prompt) >= n:
+      raise ValueError(f"decode.prompt has {len(prompt)} tokens, leaving none of {n} to "
+                       f"generate")
     b = images.shape[0]
-    step = self.step_fn(params)
+    rows = beam_size if method == "beam" else 1
+    cache = self.init_cache(params, images, rows, n)
+    step, cache, start = decoding.after_prompt(self.step_fn(params), cache, b * rows,
+                                               self.start_id, prompt)
+    free = n - len(prompt)
     if method == "beam":
-      cache = self.init_cache(params, images, beam_size, n)
-      tokens, _ = decoding.beam_search(step, cache, b, beam_size, n, self.start_id,
-                                       self.eos_id, alpha)
-      return tokens[:, 0]
-    cache = self.init_cache(params, images, 1, n)
-    if method == "greedy":
-      return decoding.greedy(step, cache, b, n, self.start_id, self.eos_id)
-    if method == "sample":
-      return decoding.sample(step, cache, b, n, self.start_id, self.eos_id, rng, temperature,
-                             top_k, top_p)
-    raise ValueError(f"Unknown decoding method {method!r} (greedy, beam or sample)")
+      tokens, _ = decoding.beam_search(step, cache, b, beam_size, free, start, self.eos_id,
+                                       alpha)
+      tokens = tokens[:, 0]
+    elif method == "greedy":
+      tokens = decoding.greedy(step, cache, b, free, start, self.eos_id)
+    elif method == "sample":
+      tokens = decoding.sample(step, cache, b, free, start, self.eos_id, rng, temperature,
+                               top_k, top_p)
+    else:
+      raise ValueError(f"Unknown decoding method {method!r} (greedy, beam or sample)")
+    if not prompt:
+      return tokens
+    return jnp.concatenate([jnp.broadcast_to(jnp.array(prompt, jnp.int32), (b, len(prompt))),
+                            tokens], axis=1)

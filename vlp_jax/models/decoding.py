@@ -57,6 +57,19 @@ def sample(step_fn, cache, batch_size, max_len, start_id, eos_id, rng=None, temp
   return jax.lax.while_loop(cond, body, state)[1]
 
 
+def after_prompt(step_fn, cache, rows, start_id, prompt):
+  """(step_fn, cache, start id) that continue a caption whose first tokens are `prompt`
+  (a tuple of ids, forced: "a photo of"): the start symbol and all but the last prompt
+  token go through the caches here, the last is the decoders' first input, and positions
+  count on from the prompt. An empty prompt changes nothing."""
+  if not prompt:
+    return step_fn, cache, start_id
+  for position, token in enumerate((start_id,) + tuple(prompt[:-1])):
+    _, cache = step_fn(cache, jnp.full((rows,), token, jnp.int32), position)
+  shift = len(prompt)
+  return (lambda c, ids, t: step_fn(c, ids, t + shift)), cache, prompt[-1]
+
+
 def greedy(step_fn, cache, batch_size, max_len, start_id, eos_id):
   return sample(step_fn, cache, batch_size, max_len, start_id, eos_id, temperature=0.0)
 
