@@ -21,7 +21,8 @@ def _config(name, **overrides):
   fields = {"model.name": name, "model.vision_depth": 2, "model.vision_feature_layer": -2,
             "model.num_queries": 4, "model.text_depth": 1, "model.lm.width": 32,
             "model.lm.depth": 1, "model.lm.heads": 2, "model.lm.positions": 16,
-            "model.mapper_depth": 1, "loss.queue_size": 0}
+            "model.mapper_depth": 1, "loss.queue_size": 0,
+            "optim.warmup_steps": 0}  # so that the first step already moves the parameters
   fields.update(overrides)
   return tiny_config(**fields)
 
@@ -147,30 +148,29 @@ def test_stage1_eight_devices_match_one(stage1):
                _numpy(state8.params), _numpy(state.params))
 
 
-def test_frozen_tower_gets_no_gradient_computed():
-  """The compiled step's FLOPs drop by at least the tower's backward when it is frozen."""
-  config = _config("blip2", **{"mesh.data": 1, "model.vision_width": 64,
-                               "model.vision_feature_layer": -1, "train.batch_size": 8})
+def test_frozen_parts_get_no_gradient_computed():
+  """The compiled step's FLOPs drop by at least the frozen tower's backward (prefix
+  captioning: the tower needs none; the LM only its activations' gradient)."""
+  config = _config("prefix_lm", **{"mesh.data": 1, "model.vision_width": 64,
+                                   "model.vision_feature_layer": -1, "train.batch_size": 8})
 
-  class Unfrozen(families.Blip2Family):
+  class Unfrozen(families.PrefixLmFamily):
     def frozen(self, params):
       return None
 
   def flops(family):
+    from vlp_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
     mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
     tx, lr_fn = optimizer.make(config)
-    abstract, _ = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
-    _, shardings = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
-    from vlp_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
-    step = make_train_step(family, tx, lr_fn, config, mesh, sharding.named(mesh, shardings))
+    abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
+    step = make_train_step(family, tx, lr_fn, config, mesh, sharding.named(mesh, specs))
     batch = family.example_batch(config.train.batch_size)
     return step.lower(abstract, batch).compile().cost_analysis()["flops"]
 
-  frozen, unfrozen = flops(families.Blip2Family(config)), flops(Unfrozen(config))
+  frozen, unfrozen = flops(families.PrefixLmFamily(config)), flops(Unfrozen(config))
   m = config.model
   tokens = (m.image_size // m.patch_size) ** 2 + 1
-  layers = m.vision_depth + m.vision_feature_layer + 1
-  tower = 2 * config.train.batch_size * tokens * layers * 12 * m.vision_width ** 2
+  tower = 2 * config.train.batch_size * tokens * m.vision_depth * 12 * m.vision_width ** 2
   assert unfrozen - frozen > 1.5 * tower, (frozen, unfrozen, tower)
 
 
@@ -256,19 +256,6 @@ def test_soft_prompt_greedy_captions_equal_the_uncached_argmax(stage2, prompt):
     np.testing.assert_array_equal(greedy[row, len(prompt):n], want[row, len(prompt):n])
 
 
-def test_prefix_lm_trains_only_its_mapper():
-  config = _config("prefix_lm", **{"mesh.data": 1, "model.vision_feature_layer": -1})
-  family, state, history, _ = _run(config, jax.devices()[:1], range(1))
-  start = state_lib.create(family, optimizer.make(config)[0], config.seed,
-                           mesh_lib.make_mesh(config.mesh, jax.devices()[:1]))[0]
-  for name in ("image_tower", "lm"):
-    jax.tree.map(np.testing.assert_array_equal, _numpy(state.params[name]),
-                 _numpy(start.params[name]))
-  assert np.abs(np.asarray(state.params["prompt_mapper"]["queries"])
-                - np.asarray(start.params["prompt_mapper"]["queries"])).max() > 0
-  assert np.isfinite(history[0]["lm_loss"])
-
-
 # ---- the LM family ------------------------------------------------------------------------
 
 def test_lm_loss_matches_float64_and_sees_no_future():
@@ -294,3 +281,46 @@ def test_lm_loss_matches_float64_and_sees_no_future():
   nll = -np.take_along_axis(logp, t[..., None], -1)[..., 0]
   want = (nll * (t != 0)).sum() / (t != 0).sum()
   np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+# ---- keyword prompting ---------------------------------------------------------------------
+
+def test_keyword_prompt_is_clips_top_keywords_pieces_in_order():
+  config = _config("keyword_lm", **{"model.num_keywords": 6, "model.keyword_top_k": 2,
+                                    "model.num_queries": 5, "model.vision_feature_layer": -1})
+  family = families.get_family(config, eos_id=1)
+  # Keyword rows in the tokenizer's layout (pieces, EOS, padding); the last row is no keyword.
+  rows = [[7, 1], [8, 9, 1], [10, 1], [11, 12, 13, 1], [14, 1], []]
+  family.keywords = tuple(tuple(r + [0] * (8 - len(r))) for r in rows)
+  family.module = family.build(config.model)
+  batch = random_batch(config)
+  params = nn.meta.unbox(family.init(jax.random.PRNGKey(0), batch))
+  m = family.module
+  images = batch["image"][:4]
+  ids = np.asarray(m.apply({"params": params}, images, method=m.prompt_ids))
+  img = np.asarray(m.apply({"params": params}, images,
+                           method=lambda mdl, x: mdl.image_tower(x)[0]), np.float64)
+  words = np.asarray(m.apply({"params": params}, jnp.asarray(family.keywords),
+                             method=lambda mdl, t: mdl.text_tower(t)[0]), np.float64)
+  scores = (img / np.linalg.norm(img, axis=1, keepdims=True)) @ (
+      words / np.linalg.norm(words, axis=1, keepdims=True)).T
+  scores[:, 5] = -np.inf
+  for row in range(4):
+    best = np.argsort(-scores[row], kind="stable")[:2]
+    pieces = [t for k in best for t in rows[k] if t != 1]
+    want = (pieces + [1] * 5)[:5]
+    np.testing.assert_array_equal(ids[row], want)
+
+
+def test_keyword_lm_trains_the_lm_and_keeps_clip_frozen():
+  config = _config("keyword_lm", **{"mesh.data": 1, "model.num_keywords": 8,
+                                    "model.vision_feature_layer": -1})
+  family, state, history, _ = _run(config, jax.devices()[:1], range(1))
+  start = state_lib.create(family, optimizer.make(config)[0], config.seed,
+                           mesh_lib.make_mesh(config.mesh, jax.devices()[:1]))[0]
+  for name in ("image_tower", "text_tower"):
+    jax.tree.map(np.testing.assert_array_equal, _numpy(state.params[name]),
+                 _numpy(start.params[name]))
+  assert np.abs(np.asarray(state.params["lm"]["token_embedding"])
+                - np.asarray(start.params["lm"]["token_embedding"])).max() > 0
+  assert np.isfinite(history[0]["lm_loss"])

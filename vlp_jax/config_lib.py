@@ -115,6 +115,10 @@ def base_config():
   c.model.num_queries = 32
   c.model.cross_attention_every = 2
   c.model.mapper_depth = 2
+  # Keyword prompting: CLIP picks keyword_top_k of num_keywords keywords (data.keywords)
+  # whose pieces, num_queries tokens, prompt the LM.
+  c.model.num_keywords = 256
+  c.model.keyword_top_k = 3
   c.model.lm = ConfigDict()
   c.model.lm.width = 64
   c.model.lm.depth = 2
@@ -168,6 +172,10 @@ def base_config():
   # captions with the synsets that at least synset_min_count captions name.
   c.data.synsets = ""
   c.data.synset_min_count = 5
+  # Keyword prompting: the keyword file (one per line); empty: WORKDIR/keywords.txt, built
+  # from data.train's captions with the words at least keyword_min_count captions name.
+  c.data.keywords = ""
+  c.data.keyword_min_count = 5
   # Linear probes on frozen image embeddings: comma-separated [NAME=]TRAIN_SPEC=>TEST_SPEC
   # (evaluate/probe.py), run where evaluation runs; empty: none.
   c.data.probe = ""
@@ -358,6 +366,8 @@ def validate(config):
   _require(d.zeroshot_templates in ("short", "clip80"), "data.zeroshot_templates",
            f"{d.zeroshot_templates!r} is not short or clip80")
   _require(0 < d.holdout_percent < 100, "data.holdout_percent", "must be in (0, 100)")
+  _require(d.keyword_min_count >= 1, "data.keyword_min_count",
+           f"must be >= 1, got {d.keyword_min_count}")
   _require(d.synset_min_count >= 1, "data.synset_min_count",
            f"must be >= 1, got {d.synset_min_count}")
   _require(config.loss.bce_reduction in BCE_REDUCTIONS, "loss.bce_reduction",
@@ -381,7 +391,8 @@ def validate(config):
   _finite_in(m.lm.mlp_ratio, "model.lm.mlp_ratio", 0, None, low_open=True)
   _require(-m.vision_depth <= m.vision_feature_layer <= -1, "model.vision_feature_layer",
            f"{m.vision_feature_layer} must be in [-model.vision_depth, -1]")
-  for field in ("num_queries", "cross_attention_every", "mapper_depth"):
+  for field in ("num_queries", "cross_attention_every", "mapper_depth", "num_keywords",
+                "keyword_top_k"):
     _require(m[field] >= 1, f"model.{field}", f"must be >= 1, got {m[field]}")
   _require(m.fusion_depth >= 1, "model.fusion_depth", f"must be >= 1, got {m.fusion_depth}")
   _require(config.eval.itm_top_k >= 1, "eval.itm_top_k",

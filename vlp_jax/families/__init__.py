@@ -13,9 +13,9 @@ from vlp_jax.families.catlip import CatlipFamily
 from vlp_jax.families.albef import AlbefFamily
 from vlp_jax.families.blip import BlipFamily
 from vlp_jax.families.blip2 import Blip2Family
-from vlp_jax.families.soft_prompt import Blip2LmFamily, PrefixLmFamily
+from vlp_jax.families.soft_prompt import Blip2LmFamily, KeywordLmFamily, PrefixLmFamily
 from vlp_jax.families.lm import LmFamily
 
 __all__ = ["FAMILIES", "Family", "get_family", "register", "ClipFamily", "SiglipFamily",
            "CocaFamily", "CatlipFamily", "AlbefFamily", "BlipFamily", "Blip2Family", "Blip2LmFamily",
-           "PrefixLmFamily", "LmFamily"]
+           "PrefixLmFamily", "KeywordLmFamily", "LmFamily"]

@@ -1,7 +1,8 @@
 """Captioning families that train a bridge from a frozen image tower to a frozen LM.
 
-`blip2_lm` (BLIP-2 stage 2: the Q-Former's queries) and `prefix_lm` (prefix captioning: a
-mapping network of learned queries) differ only in the bridge (models/soft_prompt.py).
+`blip2_lm` (BLIP-2 stage 2: the Q-Former's queries), `prefix_lm` (prefix captioning: a
+mapping network of learned queries) and `keyword_lm` (CLIP picks keywords, their pieces are
+the prompt, the LM is trained) differ only in the bridge (models/soft_prompt.py).
 loss = the mean cross-entropy over the caption tokens of the global batch, the LM reading
 the soft prompt, then [EOS, t_1, ...]. The image tower and the LM are frozen: no gradient
 is computed for them and they have no optimizer state (train/state.py); they come from
@@ -9,15 +10,20 @@ other runs through `model.init_from` (a CLIP/SigLIP/CoCa run, stage 1's run, an 
 or an imported GPT-2 / OPT). Captions decode with the shared KV-cached decoders, the
 prompt written into the caches first.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 
+from vlp_jax.data import keywords as keywords_lib
+from vlp_jax.data.tf_setup import tf
 from vlp_jax.families import base
 from vlp_jax.families.clip import ClipFamily
 from vlp_jax.families.coca import CocaFamily
 from vlp_jax.families.fusion import FusionFamily
 from vlp_jax.models import blip2 as blip2_model
 from vlp_jax.models import language_model, soft_prompt, vit
+from vlp_jax.parallel import mesh as mesh_lib
 
 
 class SoftPromptFamily(base.Family):
@@ -129,3 +135,63 @@ class PrefixLmFamily(SoftPromptFamily):
     return soft_prompt.MappedPromptLM(vision=vit.feature_encoder(m), mapper=mapper,
                                       language_model=language_model.from_config(m, decode),
                                       dtype=jnp.dtype(m.dtype))
+
+
+@base.register("keyword_lm")
+class KeywordLmFamily(SoftPromptFamily):
+  """Keyword prompting: a frozen CLIP (a CLIP run's towers) picks the model.keyword_top_k
+  best keywords of the run's vocabulary for each image; the LM (trained, from an `lm` run)
+  writes the caption after their pieces. Vocabulary: data.keywords, else WORKDIR/keywords.txt
+  built from data.train's captions (data.keyword_min_count, model.num_keywords rows)."""
+
+  FROZEN = ("image_tower", "text_tower")
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    m = config.model
+    if m.keyword_top_k > m.num_keywords:
+      raise ValueError(f"Config field 'model.keyword_top_k': {m.keyword_top_k} is more than "
+                       f"model.num_keywords={m.num_keywords}")
+
+  def __init__(self, config, eos_id=1):
+    m = config.model
+    self.keywords = ((0,) * m.context_length,) * m.num_keywords  # until prepare
+    super().__init__(config, eos_id)
+
+  def build(self, model_config, decode=False):
+    m = model_config
+    return soft_prompt.KeywordPromptLM(
+        language_model=language_model.from_config(m, decode), dtype=jnp.dtype(m.dtype),
+        **soft_prompt.keyword_fields(m, self.eos_id, self.keywords))
+
+  def prepare(self, workdir, reading):
+    from vlp_jax import data  # pylint: disable=g-import-not-at-top
+    words = prepare_keywords(self.config, workdir, reading)
+    tokens = data.get_tokenizer(self.config, workdir, reading=True).encode(words)
+    rows = [tuple(int(t) for t in row) for row in tokens]
+    padding = (0,) * self.config.model.context_length
+    self.keywords = tuple(rows) + (padding,) * (self.config.model.num_keywords - len(rows))
+    self.module = self.build(self.config.model)
+    self.decoder = self.build(self.config.model, decode=True)
+
+
+def prepare_keywords(config, workdir, reading):
+  """data.keywords, else WORKDIR/keywords.txt, made by process 0 from data.train's
+  captions when training and missing; at most model.num_keywords of them."""
+  path = config.data.keywords or os.path.join(workdir, "keywords.txt")
+  if not tf.io.gfile.exists(path):
+    if reading or config.data.keywords:
+      raise ValueError(f"Keyword vocabulary {path} (data.keywords) is missing")
+
+    def write():
+      from vlp_jax.data import sources  # pylint: disable=g-import-not-at-top
+      captions = sources.from_config(config.data.train, config.data).captions()
+      words = keywords_lib.build_vocabulary(captions, config.data.keyword_min_count,
+                                            config.model.num_keywords)
+      if not words:
+        raise ValueError(f"No word is named by data.keyword_min_count="
+                         f"{config.data.keyword_min_count} captions of {config.data.train}")
+      keywords_lib.write_vocabulary(words, path)
+    mesh_lib.write_once(path, write, "keyword vocabulary")
+  return keywords_lib.read_vocabulary(path)[:config.model.num_keywords]

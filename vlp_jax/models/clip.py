@@ -79,15 +79,19 @@ def image_tower_config(m):
               pool=m.image_pool, **_tower_options(m))
 
 
+def text_tower_config(m, eos_id):
+  """TextTransformer fields of a pooled text tower from `config.model`."""
+  return dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
+              depth=m.text_depth, num_heads=m.text_heads,
+              mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id,
+              causal=m.text_causal, pool=m.text_pool, **_tower_options(m))
+
+
 def from_config(m, eos_id, logit_bias=False):
   """Builds Clip from `config.model`; `logit_bias`: SigLIP's learned bias (the family's
   choice), initialised at model.logit_bias_init."""
-  common = _tower_options(m)
   vision = image_tower_config(m)
-  text = dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
-              depth=m.text_depth, num_heads=m.text_heads,
-              mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id,
-              causal=m.text_causal, pool=m.text_pool, **common)
+  text = text_tower_config(m, eos_id)
   bias = m.logit_bias_init if logit_bias else None
   return Clip(vision=vision, text=text, embed_dim=m.embed_dim,
               logit_scale_init=m.logit_scale_init,

@@ -1,17 +1,21 @@
-"""Captioning with a frozen decoder LM read through a soft prompt made from the image.
+"""Captioning with a decoder LM read through a prompt made from the image.
 
-`SoftPromptLM` is what BLIP-2 stage 2 (models/blip2.py QueryPromptedLM) and prefix
-captioning (`MappedPromptLM`, the Image2Poem idea and ClipCap's transformer mapper) share:
-a subclass says how images become `prefix` embeddings [B, P, W_lm]; the LM reads them at
-positions 0..P-1 and the caption after them (models/language_model.py), for the loss and
-for KV-cached decoding.
+`SoftPromptLM` is what BLIP-2 stage 2 (models/blip2.py QueryPromptedLM), prefix
+captioning (`MappedPromptLM`, the Image2Poem idea and ClipCap's transformer mapper) and
+keyword prompting (`KeywordPromptLM`, Image2Poem's first version) share: a subclass says
+how images become `prefix` embeddings [B, P, W_lm]; the LM reads them at positions 0..P-1
+and the caption after them (models/language_model.py), for the loss and for KV-cached
+decoding.
 """
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from vlp_jax.models import layers
+from vlp_jax.models import clip, layers
+from vlp_jax.models.text import TextTransformer
+from vlp_jax.models.vit import VisionTransformer
 
 
 class SoftPromptLM(nn.Module):
@@ -71,3 +75,61 @@ class MappedPromptLM(SoftPromptLM):
   def prefix(self, images, deterministic=True):
     del deterministic  # no dropout
     return self.prompt_mapper(self.image_tower(images)[1])
+
+
+class KeywordPromptLM(SoftPromptLM):
+  """A frozen CLIP scores `keywords` for each image; the pieces of its `top_k` best, in
+  order, EOS-filled to `prompt_length` tokens, are the LM's prompt (the LM is trained to
+  write captions after them).
+
+  `keywords`: tuple of K rows of token ids in the CLIP tokenizer's layout (pieces, EOS,
+  padding 0; an all-padding row is no keyword): a constant of the module, so the parameter
+  tree does not depend on it. The CLIP tokenizer is the LM's (one per run).
+  """
+  vision: dict = None
+  text: dict = None
+  embed_dim: int = 0
+  keywords: tuple = ()
+  top_k: int = 3
+  prompt_length: int = 8
+  eos_id: int = 1
+
+  def setup(self):
+    self.image_tower = VisionTransformer(embed_dim=self.embed_dim, dtype=self.dtype,
+                                         **self.vision)
+    self.text_tower = TextTransformer(embed_dim=self.embed_dim, dtype=self.dtype, **self.text)
+    self.lm = self.language_model.clone()
+
+  def chosen(self, images):
+    """[B, top_k] rows of `keywords` with the highest CLIP similarity to each image."""
+    table = jnp.asarray(self.keywords, jnp.int32)
+    words = clip.normalize(self.text_tower(table)[0])
+    img = clip.normalize(self.image_tower(images)[0])
+    scores = jnp.where(table[:, 0] != 0, img @ words.T, -jnp.inf)
+    return jax.lax.top_k(scores, self.top_k)[1]
+
+  def prompt_ids(self, images):
+    """[B, prompt_length]: the chosen keywords' pieces, best first, then EOS."""
+    table = jnp.asarray(self.keywords, jnp.int32)
+    pieces = table[self.chosen(images)].reshape(images.shape[0], -1)
+    keep = (pieces != 0) & (pieces != self.eos_id)
+    order = jnp.argsort(~keep, axis=1, stable=True)  # kept pieces first, in order
+    ids = jnp.where(jnp.take_along_axis(keep, order, 1),
+                    jnp.take_along_axis(pieces, order, 1), self.eos_id)
+    width = ids.shape[1]
+    if width < self.prompt_length:
+      ids = jnp.pad(ids, ((0, 0), (0, self.prompt_length - width)),
+                    constant_values=self.eos_id)
+    return ids[:, :self.prompt_length]
+
+  def prefix(self, images, deterministic=True):
+    del deterministic
+    ids = jax.lax.stop_gradient(self.prompt_ids(images))
+    return jnp.take(self.lm.token_embedding, ids, axis=0).astype(self.dtype)
+
+
+def keyword_fields(m, eos_id, keywords):
+  """KeywordPromptLM's CLIP towers and keyword options from `config.model`."""
+  return dict(vision=clip.image_tower_config(m), text=clip.text_tower_config(m, eos_id),
+              embed_dim=m.embed_dim, keywords=keywords, top_k=m.keyword_top_k,
+              prompt_length=m.num_queries, eos_id=eos_id)
