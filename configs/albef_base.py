@@ -78,17 +78,8 @@ def tiny(arg, name):
   m.embed_dim = 128
   m.vocab_size = 128
   m.context_length = 24  # the longest shapes caption is 20 tokens with EOS, plus [CLS]
-  if arg.jsonl:
-    c.data.train = f"jsonl:{arg.jsonl}:train"
-    c.data.eval = f"jsonl:{arg.jsonl}:test"
-    m.vocab_size = 2048
+  config_lib.demo_data(c, arg.jsonl)
   c.loss.queue_size = 1_024
   c.loss.distill_ramp_steps = 100
-  c.train.batch_size = 128
-  c.train.steps = 600
-  c.train.log_every = 50
-  c.train.checkpoint_every = 200
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 50
-  c.optim.weight_decay_mode = "lr_coupled"
+  config_lib.demo_schedule(c)
   return c

@@ -83,16 +83,6 @@ def tiny(c, arg):
   m.embed_dim = 128
   m.vocab_size = 128
   m.context_length = 24
-  if arg.jsonl:
-    c.data.train = f"jsonl:{arg.jsonl}:train"
-    c.data.eval = f"jsonl:{arg.jsonl}:test"
-    m.vocab_size = 2048
-  c.eval.itm_top_k = 16
-  c.train.batch_size = 128
-  c.train.steps = 600
-  c.train.log_every = 50
-  c.train.checkpoint_every = 200
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 50
-  c.optim.weight_decay_mode = "lr_coupled"
+  config_lib.demo_data(c, arg.jsonl)
+  config_lib.demo_schedule(c)
   return c

@@ -10,31 +10,19 @@
 and the LM from an `lm` run or a GPT-2 / OPT import (python -m vlp_jax.models.import_hf_lm);
 the tokenizer is the LM's. Base: configs/blip2_opt2.7b.py (ViT-g, OPT-2.7B).
 """
-import importlib.util
-import os
-
 from vlp_jax import config_lib
-
-
-def _config(name):
-  """Another file of configs/ as a module."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg=None):
   """Arguments: variant (base: OPT-2.7B, or tiny), jsonl=FOLDER (tiny)."""
   arg = config_lib.parse_arg(arg, variant="base", jsonl="")
   if arg.variant == "base":
-    return _config("blip2_opt2.7b").get_config()
+    return config_lib.sibling(__file__, "blip2_opt2.7b").get_config()
   if arg.variant != "tiny":
     raise ValueError(f"Unknown variant {arg.variant!r} (base or tiny)")
-  c = _config("blip2_stage1").tiny(config_lib.base_config(), arg)
+  c = config_lib.sibling(__file__, "blip2_stage1").tiny(config_lib.base_config(), arg)
   c.model.name = "blip2_lm"
-  lm = _config("lm_tiny").get_config(f"jsonl={arg.jsonl}" if arg.jsonl else None).model.lm
-  c.model.lm = lm
+  lm_tiny = config_lib.sibling(__file__, "lm_tiny")
+  c.model.lm = lm_tiny.get_config(f"jsonl={arg.jsonl}" if arg.jsonl else None).model.lm
   c.decode.method, c.decode.beam_size = "beam", 3
   return c

@@ -74,11 +74,5 @@ def _tiny(arg):
     c.data.eval = f"jsonl:{arg.jsonl}:test"
     c.data.probe = ""  # a jsonl folder has labels only if its lines carry "label"
     m.vocab_size = 2048
-  c.train.batch_size = 128
-  c.train.steps = 600
-  c.train.log_every = 50
-  c.train.checkpoint_every = 200
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 50
-  c.optim.weight_decay_mode = "lr_coupled"  # as clip_tiny
+  config_lib.demo_schedule(c)  # as clip_tiny
   return c

@@ -21,17 +21,6 @@ def get_config(arg=None):
   c.model.embed_dim = 128
   c.model.vocab_size = 128
   c.model.context_length = 24  # the longest shapes caption is 20 tokens with EOS
-  c.data.train = "builtin:shapes:train"
-  c.data.eval = "builtin:shapes:test"
-  if arg.jsonl:
-    c.data.train = f"jsonl:{arg.jsonl}:train"
-    c.data.eval = f"jsonl:{arg.jsonl}:test"
-    c.model.vocab_size = 2048
-  c.train.batch_size = 128
-  c.train.steps = 600
-  c.train.log_every = 50
-  c.train.checkpoint_every = 200
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 50
-  c.optim.weight_decay_mode = "lr_coupled"  # as CLIP (PyTorch AdamW); wd 0.1 (the default)
+  config_lib.demo_data(c, arg.jsonl)
+  config_lib.demo_schedule(c)  # lr_coupled decay as CLIP (PyTorch AdamW), 0.1
   return c

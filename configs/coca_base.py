@@ -76,17 +76,8 @@ def _tiny(arg):
   m.embed_dim = 128
   m.vocab_size = 128
   m.context_length = 24  # the longest shapes caption is 20 tokens with EOS
-  if arg.jsonl:
-    c.data.train = f"jsonl:{arg.jsonl}:train"
-    c.data.eval = f"jsonl:{arg.jsonl}:test"
-    m.vocab_size = 2048
-  c.train.batch_size = 128
-  c.train.steps = 600
-  c.train.log_every = 50
-  c.train.checkpoint_every = 200
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 50
-  # The CPU demo keeps the default lr_coupled 0.1 (1e-4 per step at peak): the paper's
-  # decoupled 0.01 would shrink the weights of a 600-step run by e^-6.
-  c.optim.weight_decay_mode = "lr_coupled"
+  config_lib.demo_data(c, arg.jsonl)
+  # lr_coupled 0.1 (1e-4 per step at peak): the paper's decoupled 0.01 would shrink the
+  # weights of a 600-step run by e^-6.
+  config_lib.demo_schedule(c)
   return c

@@ -20,16 +20,7 @@ def get_config(arg=None):
   m.context_length = 24  # as clip_tiny
   m.lm.width, m.lm.depth, m.lm.heads = 128, 2, 4
   m.lm.positions = 64
-  c.data.train = "builtin:shapes:train"
-  c.data.eval = ""
-  if arg.jsonl:
-    c.data.train = f"jsonl:{arg.jsonl}:train"
-    m.vocab_size = 2048
-  c.train.batch_size = 128
-  c.train.steps = 600
-  c.train.log_every = 50
-  c.train.checkpoint_every = 200
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 50
-  c.optim.weight_decay_mode = "lr_coupled"
+  config_lib.demo_data(c, arg.jsonl)
+  c.data.eval = ""  # nothing to evaluate
+  config_lib.demo_schedule(c)
   return c

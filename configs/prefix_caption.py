@@ -38,16 +38,8 @@ def get_config(arg=None):
     m.vocab_size, m.context_length = 128, 24
     m.num_queries, m.mapper_depth = 8, 2
     m.lm.width, m.lm.depth, m.lm.heads, m.lm.positions = 128, 2, 4, 64
-    if arg.jsonl:
-      c.data.train = f"jsonl:{arg.jsonl}:train"
-      c.data.eval = f"jsonl:{arg.jsonl}:test"
-      m.vocab_size = 2048
-    c.train.batch_size = 128
-    c.train.steps = 600
-    c.train.log_every = 50
-    c.train.checkpoint_every = 200
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 50
+    config_lib.demo_data(c, arg.jsonl)
+    config_lib.demo_schedule(c)
     c.decode.method, c.decode.beam_size = "beam", 3
     return c
   if arg.variant != "base":

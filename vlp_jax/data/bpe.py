@@ -19,6 +19,7 @@ import os
 import numpy as np
 import regex
 
+from vlp_jax.data import token_layout
 from vlp_jax.data.tf_setup import tf
 
 # GPT-2's pre-tokenisation (openai/gpt-2 src/encoder.py, HF's ByteLevel pre-tokenizer).
@@ -181,21 +182,7 @@ class BpeTokenizer:
 
     Truncated rows keep the prefix first and EOS last, as tokenizer.Tokenizer's do.
     """
-    length = self.context_length
-    head = []
-    if prefix is not None:
-      prefix = int(prefix)
-      if not 0 <= prefix < self.vocab_size:
-        raise ValueError(f"prefix={prefix} is not an id of tokenizer {self.model_path!r} "
-                         f"(vocab_size {self.vocab_size})")
-      if length < 2:
-        raise ValueError(f"context_length={length} leaves no room for prefix and EOS")
-      head = [prefix]
-    out = np.full((len(texts), length), self.pad_id, np.int32)
-    for row, text in enumerate(texts):
-      ids = head + self.encode_ids(text)[:length - 1 - len(head)] + [self.eos_id]
-      out[row, :len(ids)] = ids
-    return out
+    return token_layout.rows(self, [self.encode_ids(text) for text in texts], prefix)
 
   def decode(self, tokens):
     """Text of each row, up to its first EOS, without pad and special tokens.

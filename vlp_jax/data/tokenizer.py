@@ -17,7 +17,7 @@ import os
 import numpy as np
 import sentencepiece as spm
 
-from vlp_jax.data import bpe
+from vlp_jax.data import bpe, token_layout
 from vlp_jax.data.tf_setup import tf
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
@@ -132,21 +132,7 @@ class Tokenizer:
     `prefix`, an int id (e.g. `special_id("cls")`), goes first in every row. Truncated
     rows keep the prefix first and EOS last.
     """
-    length = self.context_length
-    head = []
-    if prefix is not None:
-      prefix = int(prefix)
-      if not 0 <= prefix < self.vocab_size:
-        raise ValueError(f"prefix={prefix} is not an id of tokenizer {self.model_path!r} "
-                         f"(vocab_size {self.vocab_size})")
-      if length < 2:
-        raise ValueError(f"context_length={length} leaves no room for prefix and EOS")
-      head = [prefix]
-    out = np.full((len(texts), length), self.pad_id, np.int32)
-    for row, ids in enumerate(self.sp.encode(list(texts), out_type=int)):
-      ids = head + ids[:length - 1 - len(head)] + [self.eos_id]
-      out[row, :len(ids)] = ids
-    return out
+    return token_layout.rows(self, self.sp.encode(list(texts), out_type=int), prefix)
 
   def decode(self, tokens):
     """Text of each row, up to its first EOS, without pad and [CLS]/[MASK]/[ENC]/[DEC].
