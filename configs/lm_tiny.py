@@ -21,6 +21,6 @@ def get_config(arg=None):
   m.lm.width, m.lm.depth, m.lm.heads = 128, 2, 4
   m.lm.positions = 64
   config_lib.demo_data(c, arg.jsonl)
-  c.data.eval = ""  # nothing to evaluate
+  c.data.eval = "builtin:shapes:test"  # held-out perplexity
   config_lib.demo_schedule(c)
   return c

@@ -281,6 +281,9 @@ def test_lm_loss_matches_float64_and_sees_no_future():
   nll = -np.take_along_axis(logp, t[..., None], -1)[..., 0]
   want = (nll * (t != 0)).sum() / (t != 0).sum()
   np.testing.assert_allclose(loss, want, rtol=1e-5)
+  sums = np.asarray(family.text_nll(params, tokens))  # the perplexity evaluation's
+  np.testing.assert_allclose(sums[:, 0], (nll * (t != 0)).sum(1), rtol=1e-5)
+  np.testing.assert_array_equal(sums[:, 1], (t != 0).sum(1))
 
 
 # ---- keyword prompting ---------------------------------------------------------------------

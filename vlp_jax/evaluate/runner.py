@@ -36,6 +36,7 @@ class Encoder:
     self._image = self.jit_on_images(family.encode_image)
     self._classify = self.jit_on_images(family.classify)
     self._context = self.jit_on_images(family.image_context)
+    self._nll = self.jit(family.text_nll)
     self._match = jax.jit(family.match, in_shardings=(None, self._sharding, self._sharding),
                           out_shardings=sharding.replicated(self.mesh))
     self.family = family
@@ -236,6 +237,11 @@ def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "z
         results[f"{prefix}/covered"] = covered
     logging.info("evaluated %s (%d examples) in %.1fs", ev.name, ev.num_images,
                  time.time() - start)
+  for ev in eval_sets if "perplexity" in evaluations else ():
+    sums = encoder._run(encoder._nll, params, ev.tokens).astype(np.float64).sum(axis=0)
+    nll = sums[0] / max(sums[1], 1.0)
+    results[f"perplexity/{ev.name}/nll"] = float(nll)
+    results[f"perplexity/{ev.name}/perplexity"] = float(np.exp(nll))
   if "probe" in evaluations:
     for name, train_set, test_set in probe_sets:
       start = time.time()

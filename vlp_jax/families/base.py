@@ -17,7 +17,7 @@ Optional, with defaults that do nothing:
   init_state / update_state       non-trainable state (momentum weights, queues, EMAs)
   frozen(params)                  parameters with no gradient and no optimizer state
   constrain(params)               a projection after each update (CLIP's logit clamp)
-  encode_image / encode_text / classify / image_context / match / caption
+  encode_image / encode_text / classify / image_context / match / caption / text_nll
                                   what the declared EVALUATIONS need
   image_text_scores(img, txt)     how evaluators score their embeddings (default: dot)
   EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND, USES_TOKENIZER
@@ -34,10 +34,11 @@ EVALUATION_NEEDS = {
     "zeroshot_text": ("encode_image", "encode_text"),
     "zeroshot_head": ("classify", "head_classes"),
     "caption": ("caption",),
+    "perplexity": ("text_nll",),  # held-out captions under a language model
     "probe": ("encode_image",),
 }
 CONTRASTIVE_KINDS = (None, "softmax", "sigmoid")
-TEXT_EVALUATIONS = ("retrieval", "retrieval_itm", "zeroshot_text", "caption")  # they need the tokenizer
+TEXT_EVALUATIONS = ("retrieval", "retrieval_itm", "zeroshot_text", "caption", "perplexity")  # they need the tokenizer
 
 FAMILIES = {}
 
@@ -170,6 +171,10 @@ class Family(abc.ABC):
   def match(self, params, context, tokens):
     """[b] matching scores (higher: more likely a pair) of image_context rows and texts."""
     raise NotImplementedError(f"{type(self).__name__} has no matching head")
+
+  def text_nll(self, params, tokens):
+    """[b, 2]: each text's summed next-token negative log-likelihood and token count."""
+    raise NotImplementedError(f"{type(self).__name__} has no language model")
 
   def caption(self, params, images, rng=None, **options):
     """Caption tokens [b, L] of images in the tokenizer's layout; `options` are the decode

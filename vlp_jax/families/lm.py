@@ -20,6 +20,8 @@ from vlp_jax.models import language_model
 class LmFamily(base.Family):
   """Batch field: tokens [b, L] int32 (pieces, EOS, pad 0)."""
 
+  EVALUATIONS = frozenset({"perplexity"})
+
   def __init__(self, config, eos_id=1):
     super().__init__(config, eos_id)
     self.module = language_model.from_config(config.model)
@@ -49,3 +51,8 @@ class LmFamily(base.Family):
     return FusionFamily.lm_features(total, nll, correct, weights)
 
   loss = SoftPromptFamily.loss
+
+  def text_nll(self, params, tokens):
+    _, nll, _ = self.module.apply({"params": params["lm"]}, tokens, self.eos_id)
+    weights = (tokens != language_model.PAD_ID).astype(jnp.float32)
+    return jnp.stack([jnp.sum(nll * weights, axis=1), jnp.sum(weights, axis=1)], axis=1)
