@@ -4,7 +4,7 @@
       --config.model.init_from="workdirs/blip2_s1;workdirs/lm_tiny" \
       --config.data.tokenizer=workdirs/clip_tiny/tokenizer.model
   python main.py --config=configs/blip2_stage2.py:variant=tiny --workdir=workdirs/blip2_s2 \
-      --mode=caption
+      --mode=caption --config.data.tokenizer=workdirs/clip_tiny/tokenizer.model
 
 `model.init_from` reads the frozen tower, ln_vision and the Q-Former from stage 1's run,
 and the LM from an `lm` run or a GPT-2 / OPT import (python -m vlp_jax.models.import_hf_lm);

@@ -5,7 +5,7 @@ of learned queries reads a frozen CLIP tower and prompts a frozen decoder LM.
       --config.model.init_from="workdirs/clip_tiny;workdirs/lm_tiny" \
       --config.data.tokenizer=workdirs/clip_tiny/tokenizer.model
   python main.py --config=configs/prefix_caption.py:variant=tiny --workdir=workdirs/prefix \
-      --mode=caption
+      --mode=caption --config.data.tokenizer=workdirs/clip_tiny/tokenizer.model
   python main.py --config=configs/prefix_caption.py:variant=tiny,keywords=True \
       --workdir=workdirs/keywords --config.model.init_from="workdirs/clip_tiny;workdirs/lm_tiny" \
       --config.data.tokenizer=workdirs/clip_tiny/tokenizer.model

@@ -101,7 +101,8 @@ def test_another_model_config_is_refused_naming_the_fields(tmp_path, caplog):
   assert position == 300 and int(state["step"]) == 30
   assert any("model.text_causal=False" in r.getMessage() for r in caplog.records)
   # Fields that only change speed or memory, or the schedule, are not part of it.
-  fast = tiny_config(**{"model.remat": True, "model.dtype": "bfloat16", "train.steps": 7})
+  fast = tiny_config(**{"model.remat": True, "model.dtype": "bfloat16", "train.steps": 7,
+                        "model.init_from": "/runs/a;/runs/b"})  # initialisation only
   assert {"model.scan", "train.batch_size", "seed", "data.train"} <= set(fingerprint(fast))
   assert restore(checkpoint.Checkpointer(str(tmp_path), 1, 3, fingerprint=fingerprint(fast)))
 

@@ -10,8 +10,9 @@ change between runs: speed and memory settings, the optimizer, schedule and loss
 Left out of `model`, with the reason:
   dtype, remat, remat_policy: compute dtype and rematerialisation; parameters are always
     float32 and hold the same values either way.
-  logit_scale_init, logit_bias_init: used only to initialise; a restored run never reads
-    them.
+  logit_scale_init, logit_bias_init, init_from, init_from_map: used only to initialise;
+    a restored run never reads them (a run started from other runs is read, captioned or
+    resumed without naming them again).
   logit_scale_max: a clamp applied after each update, a training rule like optim.clip_norm.
 `model.scan` is kept: it stacks each tower's blocks into one array per weight, a
 different parameter layout. Fields the chosen family ignores (CoCa's for CLIP) are kept
@@ -31,7 +32,7 @@ out: it splits each global batch for memory and the records stay the same.
 import json
 
 MODEL_EXCLUDED = ("dtype", "remat", "remat_policy", "logit_scale_init", "logit_bias_init",
-                  "logit_scale_max")
+                  "logit_scale_max", "init_from", "init_from_map")
 DATA_FIELDS = ("train", "tokenizer", "holdout_percent", "shuffle_buffer", "augment",
                "crop_min_scale", "shard_cycle", "image_key", "text_key")
 
