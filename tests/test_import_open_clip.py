@@ -392,3 +392,33 @@ def test_load_torchscript_archive(tmp_path):
   loaded = ioc.load_state_dict(path)
   assert sorted(loaded) == ["ln_final.bias", "ln_final.weight", "logit_scale"]
   assert loaded["logit_scale"].dtype == np.float32 and loaded["logit_scale"] == 2.5
+
+
+def test_command_line_writes_a_workdir_that_init_from_reads(tmp_path, openai_like):
+  """The import CLI's workdir gives BLIP-2 stage 1 its frozen image tower (the CLIP tower
+  minus its last block), exactly."""
+  sd, *_ = openai_like
+  npz = tmp_path / "clip.npz"
+  np.savez(npz, **sd)
+  out = tmp_path / "imported"
+  flags = ioc.run(str(npz), str(out), vision_head_dim=16, text_head_dim=16)
+  assert f"--config.model.init_from={out}" in flags
+  with pytest.raises(ValueError, match="exists and is not empty"):
+    ioc.run(str(npz), str(out))
+  from vlp_jax.train import init_from  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  config.model.update(dict(ioc.config_from_state_dict(sd, 16, 16)))
+  config.model.update({"name": "blip2", "vision_feature_layer": -2, "num_queries": 2,
+                       "text_width": 16, "text_depth": 1, "text_heads": 2})
+  family = families.get_family(config)
+  abstract = jax.eval_shape(family.init, jax.random.PRNGKey(0), family.example_batch(1))
+  loaded = init_from.load(str(out), "", nn.meta.unbox(abstract))
+  params = ioc.clip_params(sd, ioc.config_from_state_dict(sd, 16, 16))
+  tower = {p: v for p, v in loaded.items() if p[0] == "image_tower"}
+  assert ("image_tower", "encoder", "block_0", "attn", "qkv_kernel") in tower
+  assert not any("block_1" in p or "ln_post" in p or "proj" in p for p in tower)
+  for path, value in tower.items():
+    want = params
+    for key in path:
+      want = want[key]
+    np.testing.assert_array_equal(value, want)

@@ -46,6 +46,7 @@ import numpy as np
 from vlp_jax import config_lib
 from vlp_jax.models import import_hf_blip
 from vlp_jax.models import stacking
+from vlp_jax.train import weights_dir
 
 EPS = 1e-5  # layers.layer_norm's default, which DecoderLM uses
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
@@ -336,15 +337,7 @@ def _abstract_params(m, scan=None):
 
 def write_workdir(out, params, fields, scan, hf_dir):
   """The weights-only workdir `model.init_from` reads (see the module docstring)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  out = os.path.abspath(out)
-  os.makedirs(out, exist_ok=True)
-  manager = ocp.CheckpointManager(
-      os.path.join(out, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(create=True))
-  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": {"lm": params}})))
-  manager.wait_until_finished()
-  manager.close()
+  out = weights_dir.write(out, {"lm": params})
   copied = []
   os.makedirs(os.path.join(out, "tokenizer"))
   for name in TOKENIZER_FILES:
@@ -364,8 +357,7 @@ def write_workdir(out, params, fields, scan, hf_dir):
 
 def run(hf_dir, out, scan=False, positions=0):
   """Imports HF_DIR into a new workdir `out`; returns the summary written beside it."""
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise ValueError(f"--out={out} exists and is not empty: nothing is overwritten")
+  weights_dir.refuse_existing(out)
   if not os.path.isdir(hf_dir):
     raise ValueError(f"--hf={hf_dir} is not a directory")
   config, sd = load_checkpoint(hf_dir)

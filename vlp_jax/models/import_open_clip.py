@@ -1,5 +1,11 @@
 """Imports OpenAI / open_clip ViT CLIP checkpoints as parameters of our `Clip`.
 
+  python -m vlp_jax.models.import_open_clip --checkpoint=ViT-B-16.pt --out=WORKDIR [--scan]
+
+writes a weights-only workdir (train/weights_dir.py) that `model.init_from=WORKDIR` reads:
+a CLIP to fine-tune, or the frozen image tower of BLIP-2 and prefix captioning; it prints
+the config overrides the checkpoint fixes. In Python:
+
   sd = load_state_dict("ViT-B-32.pt")           # OpenAI jit archive, open_clip .bin/.pt,
   config.model.update(config_from_state_dict(sd))  # .safetensors or .npz
   params = clip_params(sd, config.model)
@@ -12,8 +18,11 @@ are rejected by the key check rather than imported wrongly. Settings that leave 
 in the weights cannot be checked here: the number of heads (see config_from_state_dict),
 the activation, and the pooling type (open_clip's pool_type / final_ln_after_pool).
 """
+import argparse
+import json
 import math
 import re
+import sys
 import zipfile
 
 import jax
@@ -314,3 +323,44 @@ def _check_against_model(params, m):
   if ours != want:
     diff = sorted(k for k in set(ours) | set(want) if ours.get(k) != want.get(k))
     raise AssertionError(f"import_open_clip no longer matches models/clip.py at {diff[:5]}")
+
+
+def run(checkpoint, out, scan=False, vision_head_dim=64, text_head_dim=64,
+        activation="quick_gelu"):
+  """Imports `checkpoint` into a new weights-only workdir `out`; returns the config
+  overrides (command-line flags) it fixes."""
+  from vlp_jax.train import weights_dir  # pylint: disable=g-import-not-at-top
+  weights_dir.refuse_existing(out)
+  state_dict = load_state_dict(checkpoint)
+  fields = config_from_state_dict(state_dict, vision_head_dim, text_head_dim, activation)
+  params = clip_params(state_dict, fields, scan=scan)
+  out = weights_dir.write(out, params)
+  flags = [f"--config.model.{k}={v}" for k, v in sorted(fields.items())]
+  flags += [f"--config.model.scan={scan}", f"--config.model.init_from={out}"]
+  with open(f"{out}/import_config.json", "w") as f:
+    json.dump({"checkpoint": str(checkpoint), "overrides": flags}, f, indent=2)
+  return flags
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--checkpoint", required=True,
+                      help=".pt/.bin (OpenAI, open_clip), .safetensors or .npz")
+  parser.add_argument("--out", required=True, help="new workdir for model.init_from")
+  parser.add_argument("--scan", action="store_true", help="stack layers (model.scan)")
+  parser.add_argument("--vision_head_dim", type=int, default=64)
+  parser.add_argument("--text_head_dim", type=int, default=64)
+  parser.add_argument("--activation", default="quick_gelu",
+                      help="quick_gelu (OpenAI, open_clip -quickgelu) or gelu")
+  args = parser.parse_args(argv)
+  try:
+    flags = run(args.checkpoint, args.out, args.scan, args.vision_head_dim,
+                args.text_head_dim, args.activation)
+  except (ValueError, OSError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+  print(" ".join(flags))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,29 @@
+"""A weights-only workdir: imported parameters where `model.init_from` reads a run's.
+
+Importers (models/import_open_clip.py, import_hf_lm.py) write the parameters as the
+trainer's checkpoints hold them, step 0 of WORKDIR/checkpoints with an orbax `state` item of
+{"params": ...}, so that imported weights and vlp_jax runs are named the same way
+(`model.init_from=WORKDIR`). It is not a run: there is nothing to resume.
+"""
+import os
+
+import orbax.checkpoint as ocp
+
+
+def refuse_existing(out):
+  """ValueError unless `out` is new or an empty folder: nothing is ever overwritten."""
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise ValueError(f"--out={out} exists and is not empty: nothing is overwritten")
+
+
+def write(out, params):
+  """Saves `params` (nested dicts of numpy arrays) as step 0 of out/checkpoints."""
+  out = os.path.abspath(out)
+  os.makedirs(out, exist_ok=True)
+  manager = ocp.CheckpointManager(
+      os.path.join(out, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(create=True))
+  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+  manager.wait_until_finished()
+  manager.close()
+  return out
