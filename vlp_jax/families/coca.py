@@ -82,13 +82,15 @@ class CocaFamily(base.Family):
     """The decoder's first input: EOS doubles as the start symbol (models/coca.py)."""
     return self.eos_id
 
-  def step_fn(self, params):
-    """decoding's step_fn: logits [N, V] of one position, with the decoder's KV caches."""
+  def step_fn(self, params, offset=0):
+    """decoding's step_fn: logits [N, V] of one position, with the decoder's KV caches;
+    decoder positions are the caption's + `offset` (a prompt before it)."""
     model = self.decoder
 
     def step(cache, ids, position):
       logits, variables = model.apply({"params": params, "cache": cache}, ids[:, None],
-                                      position, method=model.decode_step, mutable=["cache"])
+                                      position + offset, method=model.decode_step,
+                                      mutable=["cache"])
       return logits[:, 0], variables["cache"]
     return step
 

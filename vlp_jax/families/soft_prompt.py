@@ -89,15 +89,8 @@ class SoftPromptFamily(base.Family):
     return self.config.model.num_queries
 
   def step_fn(self, params):
-    """decoding's step_fn: positions count from the caption's start, after the prompt."""
-    model, offset = self.decoder, self.prompt_length
-
-    def step(cache, ids, position):
-      logits, variables = model.apply({"params": params, "cache": cache}, ids[:, None],
-                                      position + offset, method=model.decode_step,
-                                      mutable=["cache"])
-      return logits[:, 0], variables["cache"]
-    return step
+    """CoCa's, with the caption's positions after the prompt's."""
+    return CocaFamily.step_fn(self, params, offset=self.prompt_length)
 
   def init_cache(self, params, images, rows_per_image, max_len):
     """KV caches for the prompt and max_len positions, the prompt already in place."""
