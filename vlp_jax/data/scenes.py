@@ -79,7 +79,8 @@ def phrase(size, color, shape):
 
 
 def make_scene(seed, index):
-  """One scene from a fixed (seed, index): dict with the PNG, caption and labels."""
+  """One scene from a fixed (seed, index): dict with the PNG, caption and labels; `objects`
+  holds every shape's (size, colour, shape) names, in the order of `boxes`."""
   rng = np.random.default_rng([seed, index])
   count = int(rng.choice(3, p=SHAPE_COUNT_PROBS)) + 1
   while True:
@@ -100,7 +101,8 @@ def make_scene(seed, index):
     caption += joiner + relation(boxes[i - 1], boxes[i]) + " " + words[i]
   single = objects[0] if count == 1 else (-1, -1, -1)
   return dict(image=image, png=encode_png(image), caption=caption, num_shapes=count,
-              size=single[0], color=single[1], shape=single[2], boxes=boxes)
+              size=single[0], color=single[1], shape=single[2], boxes=boxes,
+              objects=[(SIZE_NAMES[s], COLOR_NAMES[c], SHAPES[k]) for s, c, k in objects])
 
 
 def encode_png(image):
