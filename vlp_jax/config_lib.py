@@ -84,7 +84,9 @@ def base_config():
   c.seed = 0
 
   c.model = ConfigDict()
-  c.model.name = "clip"  # a registered family (vlp_jax/families: clip, siglip, coca, catlip, albef, blip)
+  # A registered family (vlp_jax/families): clip, siglip, coca, catlip, albef, blip, blip2,
+  # blip2_lm, prefix_lm, keyword_lm, lm.
+  c.model.name = "clip"
   # Start from other runs' parameters: "WORKDIR[:STEP];..." (default step: the latest).
   c.model.init_from = ""
   # Which of them, one map per run (';'): "this/path:checkpoint/path,..." unrolled path
@@ -186,7 +188,9 @@ def base_config():
   c.data.train = "builtin:shapes:train"
   c.data.eval = "builtin:shapes:test"  # comma-separated list of dataset specs
   c.data.data_dir = ""  # TFDS data_dir for builtin:/tfds: sets; empty: TFDS default
-  c.data.tokenizer = ""  # sentencepiece model path; empty: train one on data.train's captions
+  # SentencePiece model path, or a GPT-2/OPT tokenizer folder (vocab.json, merges.txt);
+  # empty: the workdir's, else one trained on data.train's captions.
+  c.data.tokenizer = ""
   c.data.holdout_percent = 10  # jsonl:PATH:test is this share of records (by key hash)
   c.data.shuffle_buffer = 10_000  # wds:/tfds: per-host buffer; jsonl:/builtin: global shuffle (1: source order)
   c.data.augment = "none"  # none: resize; crop: random resized crop (no flip: captions say left/right)
