@@ -135,6 +135,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from torch_blip import torch_optimizer, torch_pretrain  # pylint: disable=wrong-import-position
+import workers  # pylint: disable=wrong-import-position
 from workers import Worker, busy_cpu_seconds, matmul_peak, max_rss_mib, reply, serve, timed  # pylint: disable=wrong-import-position
 from tiny_spec import SPEC, VLP_OPTIONS, parse_overrides  # pylint: disable=wrong-import-position
 
@@ -218,59 +219,18 @@ def prefixed(tokens, first):
 
 def vlp_train_step(batch_size, overrides, spec):
   """The trainer's jitted step for BLIP at `spec`, a fresh state and the benchmark batch."""
-  import jax.numpy as jnp
-  from vlp_jax import families
-  from vlp_jax.parallel import mesh as mesh_lib
-  from vlp_jax.train import optimizer, state as state_lib
-  from vlp_jax.train.step import make_train_step
-
   config = blip_config(batch_size, overrides, spec)
-  family = families.get_family(config, eos_id=EOS)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  tx, lr_fn = optimizer.make(config)
-  state, shardings = state_lib.create(family, tx, config.seed, mesh)
-  step = make_train_step(family, tx, lr_fn, config, mesh, shardings)
   images, tokens = make_batch(batch_size, config.model)
-  batch = {"image": jnp.asarray(images), "tokens": jnp.asarray(tokens)}
+  step, state, _, batch = workers.trainer_step(config, EOS, {"image": images, "tokens": tokens})
   return step, state, batch
 
 
 def jax_worker(batch_size, warmup, overrides, flops, spec):
-  import importlib
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  for name in ("vlp_jax.families", "vlp_jax.train.step"):  # counted in rss_imports
-    importlib.import_module(name)
-  rss_imports = max_rss_mib()
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
-  mm = jax.jit(lambda x: x @ x)
-  mm(a).block_until_ready()
-  peak = matmul_peak(lambda x=a: mm(x).block_until_ready())
-  del a
-
-  step, state, batch = vlp_train_step(batch_size, overrides, spec)
-  xla_flops = None
-  if flops:  # XLA counts a scanned body once: only meaningful unrolled
-    cost = step.lower(state, batch).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_flops = cost["flops"] / batch_size if cost and "flops" in cost else None
-  holder = {"state": state}
-  last = {}
-
-  def run_step():
-    holder["state"], metrics = step(holder["state"], batch)
-    jax.block_until_ready(metrics)
-    last.update(metrics)
-
-  t0 = time.perf_counter()
-  run_step()
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    run_step()
-  serve(run_step, dict(peak_gflops=peak, rss_imports_mib=rss_imports, first_step_s=compile_s,
-                       xla_flops_per_sample=xla_flops, loss=float(last["loss"]),
-                       params=int(sum(x.size for x in jax.tree.leaves(holder["state"].params)))))
+  def make():
+    import jax  # pylint: disable=g-import-not-at-top
+    step, state, batch = vlp_train_step(batch_size, overrides, spec)
+    return step, state, batch, dict(params=int(sum(x.size for x in jax.tree.leaves(state.params))))
+  workers.jax_worker(make, batch_size, warmup, flops)
 
 
 def torch_worker(batch_size, warmup, foreach, torch_config, threads):

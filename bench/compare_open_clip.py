@@ -53,6 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import workers  # pylint: disable=wrong-import-position
 from workers import Worker, matmul_peak, max_rss_mib, reply, serve, timed  # pylint: disable=wrong-import-position
 from tiny_spec import (EOT, LR, WEIGHT_DECAY, make_batch, model_flops,  # pylint: disable=wrong-import-position
                        VLP_OPTIONS, open_clip_model, parse_overrides, vlp_config,
@@ -63,51 +64,16 @@ from tiny_spec import (EOT, LR, WEIGHT_DECAY, make_batch, model_flops,  # pylint
 
 
 def jax_worker(model, batch_size, warmup, overrides):
-  import importlib
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  for name in ("vlp_jax.families", "vlp_jax.train.step"):  # counted in rss_imports
-    importlib.import_module(name)
-
-  rss_imports = max_rss_mib()
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
-  mm = jax.jit(lambda x: x @ x)
-  mm(a).block_until_ready()
-  peak = matmul_peak(lambda x=a: mm(x).block_until_ready())
-  del a
-
-  step, state, batch = vlp_train_step(model, batch_size, overrides)
-  holder = {"state": state}
-
-  def run_step():
-    holder["state"], metrics = step(holder["state"], batch)
-    jax.block_until_ready(metrics)
-
-  t0 = time.perf_counter()
-  run_step()
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    run_step()
-  serve(run_step, dict(peak_gflops=peak, rss_imports_mib=rss_imports, first_step_s=compile_s))
+  workers.jax_worker(lambda: vlp_train_step(model, batch_size, overrides) + ({},), batch_size,
+                     warmup)
 
 
 def vlp_train_step(model, batch_size, overrides):
   """The trainer's jitted step for the spec, a fresh state and the benchmark batch."""
-  import jax.numpy as jnp
-  from vlp_jax import families
-  from vlp_jax.parallel import mesh as mesh_lib
-  from vlp_jax.train import optimizer, state as state_lib
-  from vlp_jax.train.step import make_train_step
-
   config = vlp_config(model, batch_size, overrides)
-  family = families.get_family(config, eos_id=EOT)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  tx, lr_fn = optimizer.make(config)
-  state, shardings = state_lib.create(family, tx, config.seed, mesh)
-  step = make_train_step(family, tx, lr_fn, config, mesh, shardings)
   images, text = make_batch(batch_size)
-  batch = {"image": jnp.asarray(images), "tokens": jnp.asarray(vlp_tokens(model, text))}
+  step, state, _, batch = workers.trainer_step(
+      config, EOT, {"image": images, "tokens": vlp_tokens(model, text)})
   return step, state, batch
 
 

@@ -100,3 +100,60 @@ def timed(worker, steps):
   wall = time.perf_counter() - t0
   other = max(0.0, busy_cpu_seconds() - busy0 - result["cpu"]) / wall  # cores used by others
   return sum(result["times"]), other
+
+
+def trainer_step(config, eos_id, batch):
+  """(the trainer's jitted step for `config`, a fresh state, the family), as main.py builds
+  them, and `batch` (numpy) placed on the devices."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vlp_jax import families  # pylint: disable=g-import-not-at-top
+  from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from vlp_jax.train import optimizer, state as state_lib  # pylint: disable=g-import-not-at-top
+  from vlp_jax.train.step import make_train_step  # pylint: disable=g-import-not-at-top
+  family = families.get_family(config, eos_id=eos_id)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  tx, lr_fn = optimizer.make(config)
+  state, shardings = state_lib.create(family, tx, config.seed, mesh)
+  step = make_train_step(family, tx, lr_fn, config, mesh, shardings)
+  return step, state, family, {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def jax_worker(make_step, batch_size, warmup, flops=False):
+  """The worker of a vlp_jax train step: imports and the matmul peak first (so rss_imports
+  and peak_gflops are the process's own), then `make_step()` -> (step, state, batch, info),
+  XLA's FLOPs per sample when `flops` (a scanned body counts once: meaningful unrolled), the
+  first (compiling) step, `warmup` more, and `serve`."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for name in ("vlp_jax.families", "vlp_jax.train.step"):  # counted in rss_imports
+    importlib.import_module(name)
+  rss_imports = max_rss_mib()
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
+  mm = jax.jit(lambda x: x @ x)
+  mm(a).block_until_ready()
+  peak = matmul_peak(lambda x=a: mm(x).block_until_ready())
+  del a
+
+  step, state, batch, info = make_step()
+  xla_flops = None
+  if flops:
+    cost = step.lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = cost["flops"] / batch_size if cost and "flops" in cost else None
+  holder, last = {"state": state}, {}
+
+  def run_step():
+    holder["state"], metrics = step(holder["state"], batch)
+    jax.block_until_ready(metrics)
+    last.update(metrics)
+
+  t0 = time.perf_counter()
+  run_step()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    run_step()
+  serve(run_step, dict(info, peak_gflops=peak, rss_imports_mib=rss_imports,
+                       first_step_s=compile_s, xla_flops_per_sample=xla_flops,
+                       loss=float(last["loss"])))
