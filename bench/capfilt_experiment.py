@@ -77,7 +77,6 @@ total past ~55 minutes.
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -86,6 +85,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import json_files  # pylint: disable=wrong-import-position
 
 CONFIG = "configs/blip_base.py:variant=tiny"
 EVAL = "builtin:shapes:test"
@@ -243,30 +244,6 @@ def score_capfilt(root, out):
   }
 
 
-def _strict(value):
-  """NaN and infinities as null: the last line is valid JSON."""
-  if isinstance(value, dict):
-    return {k: _strict(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_strict(v) for v in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def _read_json(path):
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def _write_json(path, value):
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-
-
 def _overrides(data, steps):
   return [f"--config={CONFIG}", f"--config.data.train=jsonl:{data}",
           f"--config.data.eval={EVAL}", f"--config.train.steps={steps}"]
@@ -274,14 +251,14 @@ def _overrides(data, steps):
 
 def stage(path, want, reuse, compute):
   """compute() -> dict saved at path, unless --reuse and path holds one made with `want`."""
-  done = _read_json(path)
+  done = json_files.read(path)
   if reuse and done and all(done.get("args", {}).get(k) == v for k, v in want.items()):
     _log(f"reusing {path}")
     return done, False
   started = time.perf_counter()
   result = compute()
   result = dict(result, args=want, wall_s=round(time.perf_counter() - started, 1))
-  _write_json(path, result)
+  json_files.write(path, result)
   return result, True
 
 
@@ -357,7 +334,7 @@ def main():
   walls["capfilt"] = cf["wall_s"]
   if not cf["summary"]["pairs_written"]:
     raise SystemExit(f"CapFilt kept no caption at --threshold={args.threshold}: nothing to "
-                     f"train on; scores: {json.dumps(_strict(cf['scores']), sort_keys=True)}")
+                     f"train on; scores: {json.dumps(json_files.strict(cf['scores']), sort_keys=True)}")
   reuse = reuse and not fresh
 
   result, _ = train("capfilt", out)
@@ -410,7 +387,7 @@ def main():
               "metrics": {n: {k: metrics[n].get(k) for k, _ in ROWS} for n in runs},
               "wall_s": {**walls, "stages": round(sum(walls.values()), 1),
                          "invocation": round(total, 1)}}
-  print(json.dumps(_strict(out_json), sort_keys=True, allow_nan=False))
+  print(json.dumps(json_files.strict(out_json), sort_keys=True, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -84,7 +84,6 @@ stage 1's query embeddings 1.00); the frozen LM does not turn it into words in 6
 import argparse
 import importlib.util
 import json
-import math
 import os
 import re
 import shlex
@@ -94,6 +93,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import json_files  # pylint: disable=wrong-import-position
 
 TRAIN_SPLIT_SEED, TRAIN_SCENES = 0, 20_000  # vlp_jax/data/shapes.py SPLITS["train"]
 EVAL_NAME = "shapes"  # builtin:shapes:test: the metric keys' set name
@@ -231,30 +232,6 @@ def _log(message):
   print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _read_json(path):
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def _write_json(path, value):
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(_strict(value), f, indent=2, sort_keys=True)
-
-
-def _strict(value):
-  """NaN and infinities as null: the JSON stays valid."""
-  if isinstance(value, dict):
-    return {k: _strict(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_strict(v) for v in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
 def _commit():
   """HEAD of the repository when a stage ran (the library may move between stages)."""
   proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
@@ -288,13 +265,13 @@ def train(py, w, name, config, overrides, steps, steps_flag):
   record_path = os.path.join(w, f"{name}.train.json")
   log_path = os.path.join(w, f"{name}.train.log")
   cmd = [py, "main.py", f"--config={config}", f"--workdir={workdir}", *overrides, *steps_flag]
-  record = _read_json(record_path) or {}
+  record = json_files.read(record_path) or {}
   if os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
     _log(f"{name}: finished (checkpoint {steps}), not rerun")
   else:
     result, wall = _run(cmd, log_path)
     record = {"result": result, "wall_s": wall, "command": shell(cmd), "commit": _commit()}
-    _write_json(record_path, record)
+    json_files.write(record_path, record)
   try:
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
       final = final_metrics(f, steps)
@@ -316,13 +293,13 @@ def caption(py, w, name, config, overrides, steps):
   path = os.path.join(w, f"{name}.caption.json")
   cmd = [py, "main.py", f"--config={config}", f"--workdir={workdir}", *overrides,
          "--mode=caption", *DECODE]
-  done = _read_json(path)
+  done = json_files.read(path)
   if done and done.get("result", {}).get("step") == steps:
     _log(f"{name}: captions of step {steps} done, not rerun")
     return done
   result, wall = _run(cmd, os.path.join(w, f"{name}.caption.log"))
   done = {"result": result, "wall_s": wall, "command": shell(cmd), "commit": _commit()}
-  _write_json(path, done)
+  json_files.write(path, done)
   return done
 
 
@@ -443,8 +420,8 @@ def main():
                                             for n in CAPTIONERS))
   print(f"\nwall s: this invocation {results['wall_s']['invocation']:.0f}, sum of the stages "
         f"{results['wall_s']['stages']:.0f}")
-  _write_json(os.path.join(w, "caption_chain.json"), results)
-  print(json.dumps(_strict(results), sort_keys=True, allow_nan=False))
+  json_files.write(os.path.join(w, "caption_chain.json"), results)
+  print(json.dumps(json_files.strict(results), sort_keys=True, allow_nan=False))
 
 
 if __name__ == "__main__":
