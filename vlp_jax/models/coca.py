@@ -93,10 +93,8 @@ class TextDecoder(nn.Module):
 
   def setup(self):
     w = self.width
-    self.token_embedding = layers.param(self, "token_embedding", ("vocab", "embed"),
-                                        nn.initializers.normal(0.02), (self.vocab_size, w))
-    self.pos_embedding = layers.param(self, "pos_embedding", (None, "act_embed"),
-                                      nn.initializers.normal(0.01), (self.context_length, w))
+    self.token_embedding, self.pos_embedding = layers.decoder_embeddings(
+        self, self.vocab_size, w, self.context_length)
     self.cls = layers.param(self, "cls", ("act_embed",), nn.initializers.normal(w ** -0.5), (w,))
     common = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=True,
                   activation=self.activation, dtype=self.dtype, remat=self.remat,
@@ -112,8 +110,7 @@ class TextDecoder(nn.Module):
 
   def shift(self, tokens):
     """Decoder input: the start symbol, then the caption without its last token."""
-    start = jnp.full((tokens.shape[0], 1), self.start_id, tokens.dtype)
-    return jnp.concatenate([start, tokens[:, :-1]], axis=1)
+    return layers.shift_right(tokens, self.start_id)
 
   def embed(self, ids, position=0):
     x = jnp.take(self.token_embedding, ids, axis=0).astype(self.dtype)

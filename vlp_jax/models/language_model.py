@@ -49,11 +49,8 @@ class DecoderLM(nn.Module):
 
   def setup(self):
     w = self.width
-    self.token_embedding = layers.param(self, "token_embedding", ("vocab", "embed"),
-                                        nn.initializers.normal(0.02), (self.vocab_size, w))
-    self.pos_embedding = layers.param(self, "pos_embedding", (None, "act_embed"),
-                                      nn.initializers.normal(0.01),
-                                      (self.context_length + self.position_offset, w))
+    self.token_embedding, self.pos_embedding = layers.decoder_embeddings(
+        self, self.vocab_size, w, self.context_length + self.position_offset)
     self.decoder = layers.Transformer(
         self.depth, self.num_heads, self.mlp_dim, causal=True, activation=self.activation,
         dtype=self.dtype, remat=self.remat and not self.decode, remat_policy=self.remat_policy,
@@ -65,8 +62,7 @@ class DecoderLM(nn.Module):
 
   def shift(self, tokens, start_id):
     """Decoder input: the start symbol, then the text without its last token."""
-    start = jnp.full((tokens.shape[0], 1), start_id, tokens.dtype)
-    return jnp.concatenate([start, tokens[:, :-1]], axis=1)
+    return layers.shift_right(tokens, start_id)
 
   def embed(self, ids, position=0, prefix=None):
     """[B, P + T, W]: `prefix` embeddings [B, P, W] (or none), then those of `ids`

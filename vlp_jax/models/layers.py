@@ -307,6 +307,23 @@ def param(module: nn.Module, name: str, names, init: Callable, shape, dtype=jnp.
   return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
 
 
+def decoder_embeddings(module, vocab_size, width, positions):
+  """(token table [V, W], position table [positions, W]) of a text decoder (CoCa's, the
+  decoder LM's), created in `module`'s setup as "token_embedding" and "pos_embedding"."""
+  tokens = param(module, "token_embedding", ("vocab", "embed"), nn.initializers.normal(0.02),
+                 (vocab_size, width))
+  pos = param(module, "pos_embedding", (None, "act_embed"), nn.initializers.normal(0.01),
+              (positions, width))
+  return tokens, pos
+
+
+def shift_right(tokens, start_id):
+  """A decoder's input for predicting `tokens` [B, L]: the start symbol, then all of them
+  but the last."""
+  start = jnp.full((tokens.shape[0], 1), start_id, tokens.dtype)
+  return jnp.concatenate([start, tokens[:, :-1]], axis=1)
+
+
 
 class AttentionPool(nn.Module):
   """Learned queries attending to a token sequence (big_vision's MAP head; CoCa's poolers).
