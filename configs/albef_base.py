@@ -12,7 +12,7 @@ batch 512, AdamW lr 1e-4, weight decay 0.02, 30 epochs. BERT's uncased vocabular
 30,522 tokens; here the tokenizer is trained on your captions (data.tokenizer to reuse one).
 `--mode=describe` prints the parameters per part (README: family table).
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
@@ -78,8 +78,8 @@ def tiny(arg, name):
   m.embed_dim = 128
   m.vocab_size = 128
   m.context_length = 24  # the longest shapes caption is 20 tokens with EOS, plus [CLS]
-  config_lib.demo_data(c, arg.jsonl)
+  config_files.demo_data(c, arg.jsonl)
   c.loss.queue_size = 1_024
   c.loss.distill_ramp_steps = 100
-  config_lib.demo_schedule(c)
+  config_files.demo_schedule(c)
   return c

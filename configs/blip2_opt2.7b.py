@@ -10,12 +10,12 @@ projection to the LM. Batch 1,920, 80k steps, AdamW as stage 1 (lr 1e-4 -> 5e-5 
 weight decay 0.05). Weights: `model.init_from="STAGE1_RUN;OPT_IMPORT"` with the OPT import
 from python -m vlp_jax.models.import_hf_lm, whose tokenizer folder is data.tokenizer.
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files
 
 
 def get_config(arg=None):
   del arg
-  stage1 = config_lib.sibling(__file__, "blip2_stage1")
+  stage1 = config_files.sibling(__file__, "blip2_stage1")
   c = stage1.get_config("variant=base")
   m = c.model
   m.name = "blip2_lm"

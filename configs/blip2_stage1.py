@@ -16,7 +16,7 @@ queries, 256-d ITC space; batch 1,680 for ViT-g, AdamW (0.9, 0.98), weight decay
 lr 1e-4 after 2k warm-up steps, cosine to 5e-5, 250k steps. The paper's Q-Former starts
 from BERT-base weights; here it starts at random unless init_from maps some in.
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
@@ -83,6 +83,6 @@ def tiny(c, arg):
   m.embed_dim = 128
   m.vocab_size = 128
   m.context_length = 24
-  config_lib.demo_data(c, arg.jsonl)
-  config_lib.demo_schedule(c)
+  config_files.demo_data(c, arg.jsonl)
+  config_files.demo_schedule(c)
   return c

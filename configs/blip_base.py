@@ -12,20 +12,20 @@ AdamW lr 2e-4 (warm-up 3,000 steps), weight decay 0.05, 20 epochs (of 14M images
 paper decays the rate by 0.85 per epoch; here it is cosine. Captioning: the paper's nucleus
 sampling uses top_p 0.9 (CapFilt), beam search 3 beams for evaluation.
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
   """Arguments: variant (base or tiny), scan, remat, jsonl=FOLDER (tiny)."""
   arg = config_lib.parse_arg(arg, variant="base", scan=True, remat=True, jsonl="")
   if arg.variant == "tiny":
-    c = config_lib.sibling(__file__, "albef_base").tiny(arg, "blip")
+    c = config_files.sibling(__file__, "albef_base").tiny(arg, "blip")
     c.decode.method = "beam"
     c.decode.beam_size = 3
     return c
   if arg.variant != "base":
     raise ValueError(f"Unknown variant {arg.variant!r} (base or tiny)")
-  c = config_lib.sibling(__file__, "albef_base").base(arg, "blip")
+  c = config_files.sibling(__file__, "albef_base").base(arg, "blip")
   c.model.image_size = 224
   c.model.text_depth = 12
   c.model.context_length = 40  # BLIP's pretraining truncates at 30 words (plus pieces)

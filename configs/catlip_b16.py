@@ -14,7 +14,7 @@ labels, averaged over images (CatLIP's `batch_mean`). The seed notes give no opt
 recipe: clip_b16's (AdamW lr 5e-4, wd 0.2, batch 32,768) keeps the comparison to the
 objective. Variant `tiny`: clip_tiny's image tower on the built-in shapes data.
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
@@ -74,5 +74,5 @@ def _tiny(arg):
     c.data.eval = f"jsonl:{arg.jsonl}:test"
     c.data.probe = ""  # a jsonl folder has labels only if its lines carry "label"
     m.vocab_size = 2048
-  config_lib.demo_schedule(c)  # as clip_tiny
+  config_files.demo_schedule(c)  # as clip_tiny
   return c

@@ -6,7 +6,7 @@
 Arguments: `jsonl=FOLDER` trains on FOLDER's captions.jsonl (held-out split for eval) with a
 larger vocabulary; `image_size=N` changes the resolution (patches stay 8px).
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
@@ -21,6 +21,6 @@ def get_config(arg=None):
   c.model.embed_dim = 128
   c.model.vocab_size = 128
   c.model.context_length = 24  # the longest shapes caption is 20 tokens with EOS
-  config_lib.demo_data(c, arg.jsonl)
-  config_lib.demo_schedule(c)  # lr_coupled decay as CLIP (PyTorch AdamW), 0.1
+  config_files.demo_data(c, arg.jsonl)
+  config_files.demo_schedule(c)  # lr_coupled decay as CLIP (PyTorch AdamW), 0.1
   return c

@@ -18,7 +18,7 @@ its 256 queries), which the paper's breakdown does not list; the 512-wide joint 
 open_clip's choice (the paper does not state it). Context length 64 (not in the paper;
 50K parameters either way).
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
@@ -76,8 +76,8 @@ def _tiny(arg):
   m.embed_dim = 128
   m.vocab_size = 128
   m.context_length = 24  # the longest shapes caption is 20 tokens with EOS
-  config_lib.demo_data(c, arg.jsonl)
+  config_files.demo_data(c, arg.jsonl)
   # lr_coupled 0.1 (1e-4 per step at peak): the paper's decoupled 0.01 would shrink the
   # weights of a 600-step run by e^-6.
-  config_lib.demo_schedule(c)
+  config_files.demo_schedule(c)
   return c

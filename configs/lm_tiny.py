@@ -8,7 +8,7 @@ Reads the captions of data.train (the built-in shapes by default; `jsonl=FOLDER`
 folder's captions.jsonl). Its position table (model.lm.positions) leaves room for the soft
 prompt the captioners put in front of a caption.
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
@@ -20,7 +20,7 @@ def get_config(arg=None):
   m.context_length = 24  # as clip_tiny
   m.lm.width, m.lm.depth, m.lm.heads = 128, 2, 4
   m.lm.positions = 64
-  config_lib.demo_data(c, arg.jsonl)
+  config_files.demo_data(c, arg.jsonl)
   c.data.eval = "builtin:shapes:test"  # held-out perplexity
-  config_lib.demo_schedule(c)
+  config_files.demo_schedule(c)
   return c

@@ -20,7 +20,7 @@ frozen CLIP run's two towers pick model.keyword_top_k keywords of the vocabulary
 (data.keywords, or words of the training captions) for each image, and the LM, trained,
 writes the caption after their pieces (model.num_queries prompt tokens).
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
@@ -38,8 +38,8 @@ def get_config(arg=None):
     m.vocab_size, m.context_length = 128, 24
     m.num_queries, m.mapper_depth = 8, 2
     m.lm.width, m.lm.depth, m.lm.heads, m.lm.positions = 128, 2, 4, 64
-    config_lib.demo_data(c, arg.jsonl)
-    config_lib.demo_schedule(c)
+    config_files.demo_data(c, arg.jsonl)
+    config_files.demo_schedule(c)
     c.decode.method, c.decode.beam_size = "beam", 3
     return c
   if arg.variant != "base":

@@ -7,12 +7,12 @@ Only the objective differs from clip_tiny, so the two compare objectives fairly.
 temperature starts at t = 10 (t' = log 10) and the bias at -10, uncapped, as in SigLIP.
 Arguments: those of clip_tiny (jsonl=FOLDER, image_size=N) and ring (bool).
 """
-from vlp_jax import config_lib
+from vlp_jax import config_files, config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, jsonl="", image_size=32, ring=False)
-  c = config_lib.sibling(__file__, "clip_tiny").get_config(f"jsonl={arg.jsonl},image_size={arg.image_size}")
+  c = config_files.sibling(__file__, "clip_tiny").get_config(f"jsonl={arg.jsonl},image_size={arg.image_size}")
   c.model.name = "siglip"
   c.model.logit_scale_init = 10.0
   c.model.logit_scale_max = 0.0

@@ -100,6 +100,10 @@ class Encoder:
   def texts(self, params, tokens):
     return self._run(self._text, params, tokens)
 
+  def text_nll(self, params, tokens):
+    """[N, 2] summed negative log-likelihood and token count of each text (Family.text_nll)."""
+    return self._run(self._nll, params, tokens)
+
   def class_logits(self, params, ev):
     """Classification-head logits of the usable images of an EvalSet (zero-shot by head)."""
     return self._run_images(self._classify, params, ev)
@@ -238,7 +242,7 @@ def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "z
     logging.info("evaluated %s (%d examples) in %.1fs", ev.name, ev.num_images,
                  time.time() - start)
   for ev in eval_sets if "perplexity" in evaluations else ():
-    sums = encoder._run(encoder._nll, params, ev.tokens).astype(np.float64).sum(axis=0)
+    sums = encoder.text_nll(params, ev.tokens).astype(np.float64).sum(axis=0)
     nll = sums[0] / max(sums[1], 1.0)
     results[f"perplexity/{ev.name}/nll"] = float(nll)
     results[f"perplexity/{ev.name}/perplexity"] = float(np.exp(nll))

@@ -38,7 +38,8 @@ EVALUATION_NEEDS = {
     "probe": ("encode_image",),
 }
 CONTRASTIVE_KINDS = (None, "softmax", "sigmoid")
-TEXT_EVALUATIONS = ("retrieval", "retrieval_itm", "zeroshot_text", "caption", "perplexity")  # they need the tokenizer
+# The evaluations that read text, so need the tokenizer.
+TEXT_EVALUATIONS = ("retrieval", "retrieval_itm", "zeroshot_text", "caption", "perplexity")
 
 FAMILIES = {}
 
