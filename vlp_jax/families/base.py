@@ -19,6 +19,8 @@ Optional, with defaults that do nothing:
   constrain(params)               a projection after each update (CLIP's logit clamp)
   encode_image / encode_text / classify / image_context / match / caption / text_nll
                                   what the declared EVALUATIONS need
+  answer_features / answer        VQA as generation: what the `vqa` family (families/vqa.py)
+                                  fine-tunes and decodes through, for families with a decoder
   image_text_scores(img, txt)     how evaluators score their embeddings (default: dot)
   EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND, USES_TOKENIZER
                                   declarations read by the trainer, validation,
@@ -176,6 +178,19 @@ class Family(abc.ABC):
   def text_nll(self, params, tokens):
     """[b, 2]: each text's summed next-token negative log-likelihood and token count."""
     raise NotImplementedError(f"{type(self).__name__} has no language model")
+
+  def answer_features(self, params, images, questions, answers, rng=None):
+    """VQA fine-tuning: the answer tokens' next-token loss given image and question, as
+    per-example sums: dict lm_nll_sum, lm_tokens, lm_correct [b] (FusionFamily.lm_features:
+    the fused vocabulary loss, its gradient spread over the rows). `questions` [b, Lq] and
+    `answers` [b, La] int32 in the tokenizer's layout (pieces, EOS, pad 0); the loss covers
+    the answer's pieces and its EOS. `rng`: dropout (None: none)."""
+    raise NotImplementedError(f"{type(self).__name__} cannot answer questions")
+
+  def answer(self, params, images, questions, max_len):
+    """Greedy answer tokens [b, max_len] to `questions` [b, Lq] about `images`, in the
+    tokenizer's layout (pieces, EOS, pad 0)."""
+    raise NotImplementedError(f"{type(self).__name__} cannot answer questions")
 
   def caption(self, params, images, rng=None, **options):
     """Caption tokens [b, L] of images in the tokenizer's layout; `options` are the decode
