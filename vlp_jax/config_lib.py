@@ -50,8 +50,8 @@ def base_config():
   c.seed = 0
 
   c.model = ConfigDict()
-  # A registered family (vlp_jax/families): clip, siglip, coca, catlip, albef, blip, blip2,
-  # blip2_lm, prefix_lm, keyword_lm, lm.
+  # A registered family (vlp_jax/families): clip, siglip, coca, catlip, albef, blip, mplug,
+  # blip2, blip2_lm, prefix_lm, keyword_lm, lm, vqa.
   c.model.name = "clip"
   # Start from other runs' parameters: "WORKDIR[:STEP];..." (default step: the latest).
   c.model.init_from = ""
@@ -102,6 +102,11 @@ def base_config():
   # layers; dropout on the text layers' hidden states (BERT: 0.1); the vocabulary head's
   # output projection is the token embedding's transpose (BERT, BLIP) or its own.
   c.model.fusion_depth = 2
+  # mPLUG: fusion_n blocks of fusion_s asymmetric co-attention layers (text only) and one
+  # connected-attention layer (image and text), then decoder_depth decoder layers.
+  c.model.fusion_s = 1
+  c.model.fusion_n = 2
+  c.model.decoder_depth = 2
   c.model.dropout = 0.0
   c.model.tie_word_embeddings = True
   # The decoder-only language model (models/language_model.py): what model.name='lm'
