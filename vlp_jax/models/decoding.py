@@ -88,7 +88,7 @@ def gather_beams(cache, index):
   """
   def gather(path, x):
     names = [str(getattr(k, "key", k)) for k in path]
-    if names[-1] in ("cache_index", "cross_key", "cross_value"):
+    if names[-1] in ("cache_index", "cross_key", "cross_value", "cross_mask"):
       return x
     return jnp.take(x, index, axis=1 if "blocks" in names else 0)
   return jax.tree_util.tree_map_with_path(gather, cache)

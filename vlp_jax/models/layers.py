@@ -108,7 +108,7 @@ class Attention(nn.Module):
         if kv_rows is not None:
           k, v = jnp.take(k, kv_rows, axis=0), jnp.take(v, kv_rows, axis=0)
       if self.decode:
-        k, v = self._cross_cache(k, v)
+        k, v, mask = self._cross_cache(k, v, mask)
     else:
       q, k, v = self._project("qkv", x, 3, width, head_dim)
       if self.decode:
@@ -147,13 +147,19 @@ class Attention(nn.Module):
     mask = (jnp.arange(length)[None, :] <= i + jnp.arange(k.shape[1])[:, None])[None, None]
     return cached_k.value, cached_v.value, mask
 
-  def _cross_cache(self, k, v):
-    """Stores projected context keys/values (k given) or returns the stored ones (k None)."""
+  def _cross_cache(self, k, v, mask):
+    """Stores projected context keys/values and the context's key mask (k given), or
+    returns the stored ones (k None): a padded context stays masked at every step."""
     if k is not None:
       self.variable("cache", "cross_key", lambda: k).value = k
       self.variable("cache", "cross_value", lambda: v).value = v
-      return k, v
-    return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+      if mask is not None:
+        self.variable("cache", "cross_mask", lambda: mask).value = mask
+      return k, v, mask
+    if self.has_variable("cache", "cross_mask"):
+      mask = self.get_variable("cache", "cross_mask")
+    return (self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value"),
+            mask)
 
 
 class Mlp(nn.Module):
