@@ -24,6 +24,8 @@ from vlp_jax.data.tf_setup import tf
 
 _VALID = 1  # status of a usable position; 0: another host's; 1 + reason code: skipped
 _DECODE_ERROR = len(checks.REASONS) + 1  # reason code of a decode failure
+# Record fields kept for the usable positions (VQA: answers joined with "\n", the type).
+_TEXT_FIELDS = ("key", "caption", "all_captions", "answers", "question_type")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,9 @@ class EvalSet:
   images, in order: labels task -> int32 [N] (-1: none), `keys`; over the texts: captions,
   tokens [T, L] and `text_image` [T] (None: text i belongs to image i). This host's share:
   `images` uint8 [n, S, S, 3], the usable images it decoded, at `positions` [n].
-  `retrieval`: False for a classification set without captions."""
+  `retrieval`: False for a classification set without captions, and for a VQA set, whose
+  captions are its questions; then `answers` (a list of str per question) and
+  `question_types` (str per question) hold the rest, over the usable records in order."""
   name: str
   images: np.ndarray
   tokens: np.ndarray
@@ -61,6 +65,8 @@ class EvalSet:
   positions: np.ndarray = None
   valid: np.ndarray = None
   keys: list = None
+  answers: list = None
+  question_types: list = None
 
   @property
   def num_images(self):
@@ -162,8 +168,7 @@ def from_source(source, config, tok, layout=None):
   for el in pipeline.iterate(ds):
     reason = int(el["reason"])
     status.append(0 if reason < 0 else _VALID + reason)
-    info.append({k: v for k, v in el.items() if k in ("key", "caption", "all_captions")
-                 or k.startswith("label_")})
+    info.append({k: v for k, v in el.items() if k in _TEXT_FIELDS or k.startswith("label_")})
     if reason == 0:
       images.append(el["image"])
       positions.append(int(el["pos"]))
@@ -176,6 +181,9 @@ def from_source(source, config, tok, layout=None):
   valid = status == _VALID
   counts = np.bincount(status[status > _VALID] - _VALID - 1, minlength=len(checks.ALL_REASONS))
   skipped = dict(zip(checks.ALL_REASONS, (int(c) for c in counts)))
+  for reason, n in getattr(source, "skipped", {}).items():  # VQA: left out while reading
+    if reason in skipped:
+      skipped[reason] += n
   if not valid.any():
     raise ValueError(f"Eval set {source.name!r} has no usable record (skipped: "
                      f"{ {k: v for k, v in skipped.items() if v} })")
@@ -188,6 +196,10 @@ def from_source(source, config, tok, layout=None):
     text_image = np.repeat(np.arange(len(groups)), [len(g) for g in groups]).astype(np.int32)
   else:
     captions = [r["caption"].decode("utf-8") for r in kept]
+  answers = question_types = None
+  if kept and "answers" in kept[0]:
+    answers = [r["answers"].decode("utf-8").split("\n") for r in kept]
+    question_types = [r["question_type"].decode("utf-8") for r in kept]
   tasks = source.zeroshot_tasks
   return EvalSet(
       name=source.name, images=images.array(), positions=np.array(positions, np.int64),
@@ -195,7 +207,8 @@ def from_source(source, config, tok, layout=None):
       tokens=None if tok is None else tok.encode(captions), captions=captions,
       labels={t: np.array([r["label_" + t] for r in kept], np.int32) for t in tasks},
       zeroshot_tasks=tasks, skipped=skipped, text_image=text_image,
-      retrieval=not getattr(source, "classify", False))
+      retrieval=not getattr(source, "classify", False) and getattr(source, "retrieval", True),
+      answers=answers, question_types=question_types)
 
 
 def load_eval_set(spec, config, tok, data_dir="", holdout_percent=10, mesh=None):

@@ -46,6 +46,9 @@ class SkipLog:
                       self.source_name)
 
 
+PASSED = ("all_captions", "answers", "question_type")  # text fields kept as they are
+
+
 def _count_checks(epoch_size):
   """Scan function: cumulative counts per check reason, the latest failure, and whether the
   stream is dead: `epoch_size` records in a row failed (when the size is known, > 0), else a
@@ -112,8 +115,9 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
   """Good records of `stream` (dicts with `index` and `epoch`), decoded and preprocessed.
 
   Output elements (unbatched): image float32 [S, S, 3], caption (valid UTF-8 bytes), key,
-  index, counts, and any label_* fields of the source. `index` is the record's resumable
-  stream position, which need not be dense; skips are counted on a dense sequence number.
+  index, counts, and any label_* and PASSED fields of the source (a VQA record's answers
+  and question type travel with its question). `index` is the record's resumable stream
+  position, which need not be dense; skips are counted on a dense sequence number.
   Random crops are seeded by a record's `draw` (default: its `index`), which the training
   iterator makes the same for a record however many hosts read the stream.
   The stream ends when failures run for `epoch_size` records (0: unknown) or a whole epoch
@@ -134,7 +138,7 @@ def process(stream, *, image_size, augment, crop_min_scale, seed, num_parallel_c
                index=record["index"], seq=record["seq"], counts=record["counts"], last_reason=record["last_reason"],
                last_key=record["last_key"], last_path=record["last_path"])
     out.update({k: v for k, v in record.items()
-                if k.startswith("label_") or k == "all_captions"})
+                if k.startswith("label_") or k in PASSED})
     return out
 
   ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)

@@ -14,8 +14,10 @@ Splits: scenes from builtin:shapes's own seeds (train: seed 0, test: seed 1; sce
 test scenes are builtin:shapes:test's. A split's questions are one deterministic stream,
 at most `per_scene` per scene; `count` takes its first questions.
 
-Not a data spec: sources' records carry one caption, not a question and its answers, so
-the VQA families read these as a folder (write_jsonl_folder, then read_vqa_folder).
+Data specs (vqa_source.py): `builtin:shapes_vqa:train|test` writes these questions once as
+a folder under the TFDS data dir and reads it back; `vqa:PATH[:train|:test]` reads a user's
+folder. Their records carry the question as `caption`, plus `answers` and `question_type`,
+through the same training iterator and eval sets as captions.
 
 Folder form, for users' own data: `vqa.jsonl` lines {"image": "relative/path.png",
 "question": "...", "answers": ["...", ...], "question_type": "..." (optional)} next to the
@@ -258,6 +260,10 @@ def _parse_line(raw, allow_outside_paths):
       not isinstance(answers, list) or not all(isinstance(a, str) for a in answers) or
       not isinstance(qtype, str)):
     return None, "bad_field"
+  try:  # JSON escapes can spell lone surrogates, which no UTF-8 text holds
+    "".join([image, question, qtype] + answers).encode("utf-8")
+  except UnicodeEncodeError:
+    return None, "bad_utf8"
   if not question.strip():
     return None, "empty_question"
   answers = [a.strip() for a in answers if a.strip()]

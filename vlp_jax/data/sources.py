@@ -3,10 +3,11 @@
 A raw record is a dict of tensors: `key` (string), `image` (encoded bytes, or empty when read
 from `path`), `path` (file to read, or empty), `missing` (bool: no file to read), optionally
 `flaw` (int32 checks code the source already knows, 0 = none), `caption` (raw bytes, not yet
-validated) and `label_<task>` (int32, -1 = no label) per zero-shot task. Records are cheap
+validated) and `label_<task>` (int32, -1 = no label) per zero-shot task; VQA sources
+(vqa_source.py) add `answers` (joined with "\n") and `question_type`. Records are cheap
 (no file I/O), so resuming can skip them before any reading.
 
-Sources whose raw records fit in host memory (jsonl, builtin) also offer `arrays()`: every
+Sources whose raw records fit in host memory (jsonl, vqa, builtin) also offer `arrays()`: every
 record's fields as numpy arrays, for random access (the training iterator's global shuffle).
 """
 import dataclasses
@@ -23,8 +24,8 @@ from vlp_jax.data import scenes
 from vlp_jax.data import shapes
 from vlp_jax.data.tf_setup import tf
 
-KINDS = ("builtin", "jsonl", "wds", "tfds")
-BUILTINS = ("shapes",)
+KINDS = ("builtin", "jsonl", "vqa", "wds", "tfds")
+BUILTINS = ("shapes", "shapes_vqa")
 SPLITS = ("train", "test")
 
 
@@ -220,13 +221,28 @@ class JsonlFolder:
     return checks.usable_captions(self.raw_captions)
 
 
+def _folder_and_split(spec, kind, rest):
+  """(folder, split or None) of a jsonl:/vqa: spec's PATH[:SPLIT]; a word after the last ':'
+  of an existing folder that is not a split is an error, not part of a missing path."""
+  path, split = rest, None
+  head, sep, tail = rest.rpartition(":")
+  if sep and tail in SPLITS:
+    path, split = head, tail
+  elif sep and os.path.isdir(head) and not os.path.isdir(rest):
+    raise ValueError(f"Data spec {spec!r}: unknown split {tail!r}; expected "
+                     f"{kind}:PATH[:train|:test]")
+  if not path:
+    raise ValueError(f"Data spec {spec!r} names no folder; expected {kind}:PATH[:train|:test]")
+  return path, split
+
+
 def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4, image_key="",
                text_key="", label_key="", zeroshot_templates="short",
                allow_outside_paths=False):
-  """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH[:SPLIT], wds:PATTERN,
-  tfds:NAME[/CONFIG][:VERSION]:SPLIT; `zeroshot:` before a jsonl or tfds spec makes it a
-  zero-shot classification set (classes from labels, else captions). `allow_outside_paths`:
-  jsonl image paths may leave their folder."""
+  """The source named by `spec`: builtin:NAME:SPLIT, jsonl:PATH[:SPLIT], vqa:PATH[:SPLIT],
+  wds:PATTERN, tfds:NAME[/CONFIG][:VERSION]:SPLIT; `zeroshot:` before a jsonl or tfds spec
+  makes it a zero-shot classification set (classes from labels, else captions).
+  `allow_outside_paths`: jsonl and vqa image paths may leave their folder."""
   classify = spec.startswith("zeroshot:")
   inner = spec[len("zeroshot:"):] if classify else spec
   kind, _, rest = inner.partition(":")
@@ -253,13 +269,14 @@ def get_source(spec, holdout_percent=10, data_dir="", shard_cycle=4, image_key="
       raise ValueError(f"Unknown builtin dataset {name!r} in {spec!r}; known: {BUILTINS}")
     if split not in SPLITS:
       raise ValueError(f"Data spec {spec!r} needs a split, one of {SPLITS}")
+    if name == "shapes_vqa":
+      from vlp_jax.data import vqa_source  # pylint: disable=g-import-not-at-top
+      return vqa_source.builtin(split, data_dir)
     return BuiltinShapes(split, data_dir)
-  path, split = rest, None
-  head, sep, tail = rest.rpartition(":")
-  if sep and tail in SPLITS:
-    path, split = head, tail
-  if not path:
-    raise ValueError(f"Data spec {spec!r} names no folder; expected jsonl:PATH[:train|:test]")
+  path, split = _folder_and_split(spec, kind, rest)
+  if kind == "vqa":
+    from vlp_jax.data import vqa_source  # pylint: disable=g-import-not-at-top
+    return vqa_source.VqaSource(path, split, holdout_percent, allow_outside_paths)
   from vlp_jax.data import templates  # pylint: disable=g-import-not-at-top
   return JsonlFolder(path, split, holdout_percent, classify, templates.get(zeroshot_templates),
                      allow_outside_paths)

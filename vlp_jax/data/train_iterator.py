@@ -28,6 +28,7 @@ from vlp_jax.data import pipeline
 from vlp_jax.data import sources
 from vlp_jax.data.tf_setup import tf
 
+VQA_FIELDS = ("answers", "question_type")  # records of VQA sources (vqa_source.py)
 _POSITIONS = 2**40  # "forever"; positions and epochs stay far from int64 overflow
 _WARNED = set()
 
@@ -150,6 +151,8 @@ def host_rows(batch_size, process_index, process_count, rows):
 class TrainIterator:
   """Yields this host's batches forever, as the family builds them from the records
   (Family.host_batch; CLIP: dict(image=float32 [b, S, S, 3], tokens=int32 [b, L])).
+  The raw batch it is given: image, caption (b str), key (b str), and for VQA sources
+  answers (b lists of str) and question_type (b str), the captions being the questions.
 
   `rows`: this process's rows of each global batch of config.train.batch_size, ascending
   (sharding.process_rows); None: rows [i * b, (i + 1) * b) of process i, b = batch_size //
@@ -181,7 +184,8 @@ class TrainIterator:
     ds = ds.map(lambda b: dict(image=b["image"], caption=b["caption"], key=b["key"],
                                index=b["index"][-1], counts=b["counts"][-1],
                                last_reason=b["last_reason"][-1], last_key=b["last_key"][-1],
-                               last_path=b["last_path"][-1]))
+                               last_path=b["last_path"][-1],
+                               **{k: b[k] for k in VQA_FIELDS if k in b}))
     self._iter = pipeline.iterate(ds)
     self._tok = tok
     if family is None:
@@ -209,4 +213,7 @@ class TrainIterator:
     # tf.data deadlock the iterator's teardown (see pipeline.SkipLog).
     raw = dict(image=batch["image"], caption=[c.decode("utf-8") for c in batch["caption"]],
                key=self.keys)
+    if "answers" in batch:  # VQA: caption is the question
+      raw["answers"] = [a.decode("utf-8").split("\n") for a in batch["answers"]]
+      raw["question_type"] = [t.decode("utf-8") for t in batch["question_type"]]
     return self._family.host_batch(raw, self._tok)
