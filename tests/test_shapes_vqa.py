@@ -172,6 +172,7 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
       b"{not json",
       b"[1, 2]",
       b'{"image": "a.png", "question": "caf\xff?", "answers": ["x"]}',
+      b'{"image": "a.png", "question": "lone \\ud800?", "answers": ["x"]}',  # not UTF-8
       dict(image="a.png", answers=["red"]),  # no question
       dict(image="a.png", question="what?", answers="red"),  # answers not a list
       _line("a.png", question_type=3),
@@ -192,7 +193,7 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
   assert [(e["image"], e["answers"], e["question_type"]) for e in got.examples] == [
       ("a.png", ["red"], "color"), ("b.png", ["red", "dark red"], "")]
   assert got.skipped == dict(
-      bad_json=2, bad_utf8=1, bad_field=4, empty_question=1, empty_answers=2,
+      bad_json=2, bad_utf8=2, bad_field=4, empty_question=1, empty_answers=2,
       outside_folder=2, missing_file=1, not_a_file=1, empty_file=1, not_an_image=1,
       truncated=1, too_large=0)
   assert set(got.skipped) == set(shapes_vqa.REASONS)
