@@ -12,10 +12,12 @@ from vlp_jax.families.coca import CocaFamily
 from vlp_jax.families.catlip import CatlipFamily
 from vlp_jax.families.albef import AlbefFamily
 from vlp_jax.families.blip import BlipFamily
+from vlp_jax.families.mplug import MplugFamily
 from vlp_jax.families.blip2 import Blip2Family
 from vlp_jax.families.soft_prompt import Blip2LmFamily, KeywordLmFamily, PrefixLmFamily
 from vlp_jax.families.lm import LmFamily
+from vlp_jax.families.vqa import VqaFamily  # wraps one of the above: registered after them
 
 __all__ = ["FAMILIES", "Family", "get_family", "register", "ClipFamily", "SiglipFamily",
-           "CocaFamily", "CatlipFamily", "AlbefFamily", "BlipFamily", "Blip2Family", "Blip2LmFamily",
-           "PrefixLmFamily", "KeywordLmFamily", "LmFamily"]
+           "CocaFamily", "CatlipFamily", "AlbefFamily", "BlipFamily", "MplugFamily", "Blip2Family", "Blip2LmFamily",
+           "PrefixLmFamily", "KeywordLmFamily", "LmFamily", "VqaFamily"]

@@ -68,10 +68,11 @@ class TextLayer(nn.Module):
   first_only: bool = False
 
   @nn.compact
-  def __call__(self, x, mask=None, context=None):
+  def __call__(self, x, mask=None, context=None, context_mask=None):
     """`first_only`: every row still serves as a key and value of the self-attention, but
     only the first position is computed onwards (returns [B, 1, W]): what a stack whose
-    first output alone is read needs of its last layer."""
+    first output alone is read needs of its last layer. `context_mask` [B, 1, 1, N]: the
+    context positions cross-attention may read (None: all; mPLUG's padded text)."""
     if self.mode not in self.self_attention:
       raise ValueError(f"TextLayer has self-attention {self.self_attention}, not {self.mode!r}")
     causal = self.mode == "causal"
@@ -89,7 +90,7 @@ class TextLayer(nn.Module):
     if self.cross_attention and (context is not None or decode):
       kv, kv_rows = context if isinstance(context, SharedContext) else (context, None)
       y = layers.Attention(self.num_heads, self.dtype, decode=decode, cross=True,
-                           name="cross_attn")(x, kv=kv, kv_rows=kv_rows)
+                           name="cross_attn")(x, kv=kv, mask=context_mask, kv_rows=kv_rows)
       x = self._add_norm(x, y, "ln_cross")
     y = layers.Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(x)
     x = self._add_norm(x, y, "ln_mlp")
@@ -121,7 +122,7 @@ class TextStack(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None, context=None, mode="bidirectional", deterministic=True,
-               first_only=False):
+               first_only=False, context_mask=None):
     """[B, L, W]; `first_only`: [B, 1, W], the first position only, whose last layer then
     skips the other positions' queries, cross-attention and MLP (unrolled stacks; a scanned
     one runs every layer in full and returns the first position)."""
@@ -137,11 +138,12 @@ class TextStack(nn.Module):
       stack = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                       length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="layers", **kwargs)(x, mask, context)
+      x, _ = stack(name="layers", **kwargs)(x, mask, context, context_mask)
       return x[:, :1] if first_only else x
     for i in range(self.depth):
       last = first_only and i == self.depth - 1
-      x, _ = layer_cls(name=f"layer_{i}", first_only=last, **kwargs)(x, mask, context)
+      x, _ = layer_cls(name=f"layer_{i}", first_only=last, **kwargs)(x, mask, context,
+                                                                     context_mask)
     return x
 
 
