@@ -9,6 +9,7 @@ import pytest
 
 from vlp_jax import config_lib
 from vlp_jax import data
+from vlp_jax.data import eval_set
 from vlp_jax.data import shapes_vqa
 from vlp_jax.data import sources
 from vlp_jax.data import vqa_source
@@ -81,10 +82,18 @@ def _batches(config, count, position=0):
   return out, it
 
 
-def test_training_batches_carry_questions_answers_and_types(folder):
+@pytest.fixture(scope="module")
+def trained(folder):
+  """Nine batches of 4 (one and a half epochs) of the tiny folder, and the config."""
+  config = _config(f"vqa:{folder}", augment="crop", crop_min_scale=0.3)
+  batches, it = _batches(config, 9)
+  return config, batches, it
+
+
+def test_training_batches_carry_questions_answers_and_types(folder, trained):
   expected = _lines(folder)
   assert len(expected) == 24
-  batches, it = _batches(_config(f"vqa:{folder}"), 7)
+  _, batches, it = trained
   assert it.source.name == "tiny_vqa" and it.source.num_records == 24
   keys = []
   for raw in batches:
@@ -100,9 +109,8 @@ def test_training_batches_carry_questions_answers_and_types(folder):
   assert len(types) > 2 and all(t in shapes_vqa.TYPES for t in types)
 
 
-def test_resume_gives_the_same_next_batches(folder):
-  config = _config(f"vqa:{folder}", augment="crop", crop_min_scale=0.3)
-  full, it = _batches(config, 9)
+def test_resume_gives_the_same_next_batches(trained):
+  config, full, it = trained
   assert it.position == 36
   resumed, _ = _batches(config, 4, position=20)  # the rest of epoch 0, then epoch 1
   assert full[5]["key"] != full[6]["key"]
@@ -124,13 +132,13 @@ def test_bad_line_and_missing_image_are_skipped_and_counted(flawed):
 
 def test_eval_set_aligns_answers_and_types_with_questions(flawed):
   config = _config(f"vqa:{flawed}")
-  source = data.get_source(f"vqa:{flawed}")
+  source = sources.from_config(config.data.train, config.data)
   texts = source.captions()
   assert "yes" in texts and "is there a cat?" not in texts
   assert texts.index(source.examples[0]["question"]) == 0
   tok = data.Tokenizer(data.train_tokenizer(texts * 4, 64, os.path.join(flawed, "t.model")),
                        12)
-  ev = data.load_eval_set(f"vqa:{flawed}", config, tok)
+  ev = eval_set.from_source(source, config, tok)
   expected = _lines(flawed)
   assert ev.retrieval is False and ev.num_images == 24 and len(ev.keys) == 24
   assert ev.images.shape == (24, 32, 32, 3)
@@ -201,8 +209,7 @@ def test_builtin_is_written_once_atomically(tmp_path, monkeypatch):
   # No data_dir: TFDS's default data dir, as builtin:shapes.
   from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(constants, "DATA_DIR", root)
-  assert data.get_source("builtin:shapes_vqa:test").num_records == 12 and len(calls) == 1
-  data.get_source("builtin:shapes_vqa:train")
+  assert vqa_source.materialise("train") == os.path.join(parent, "train_30_3")
   assert len(calls) == 2 and sorted(os.listdir(parent)) == ["test_12_3", "train_30_3"]
 
 

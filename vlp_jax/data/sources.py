@@ -7,8 +7,9 @@ validated) and `label_<task>` (int32, -1 = no label) per zero-shot task; VQA sou
 (vqa_source.py) add `answers` (joined with "\n") and `question_type`. Records are cheap
 (no file I/O), so resuming can skip them before any reading.
 
-Sources whose raw records fit in host memory (jsonl, vqa, builtin) also offer `arrays()`: every
-record's fields as numpy arrays, for random access (the training iterator's global shuffle).
+Sources whose raw records fit in host memory (jsonl, vqa, builtin) also offer `arrays()`:
+every record's fields as numpy arrays, for random access (the training iterator's global
+shuffle).
 """
 import dataclasses
 import hashlib

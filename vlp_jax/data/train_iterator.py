@@ -1,6 +1,6 @@
 """Infinite, exactly resumable training batches: this host's rows of every global batch.
 
-Sources held in memory (jsonl, builtin:shapes; `arrays()`) are shuffled globally: epoch e
+Sources held in memory (jsonl, vqa, builtin; `arrays()`) are shuffled globally: epoch e
 is one permutation of all N records, seeded by (config.seed, e) and computed per index
 (tf.random.experimental.index_shuffle, nothing materialised). Global stream position
 p = e * N + k is record perm_e(k); global batch j is positions [j * B, (j + 1) * B), and
