@@ -13,7 +13,7 @@ from vlp_jax.families.coca import CocaFamily
 from vlp_jax.families.fusion import FusionFamily
 from vlp_jax.losses import momentum as momentum_loss
 from vlp_jax.models import blip as blip_model
-from vlp_jax.models import fusion
+from vlp_jax.models import fusion, layers, question_prompt
 
 # Text-layer sublayers the momentum (unimodal) encoder never runs.
 _DECODER_OR_CROSS = ("causal_attn", "ln_causal", "cross_attn", "ln_cross")
@@ -61,13 +61,20 @@ class BlipFamily(FusionFamily):
 
     # The decoder reads [DEC] + caption and predicts each next token.
     ids = self.prefixed(batch["tokens"], "dec")
-    hidden = self.apply(params, m.decoder_hidden, ids, image_tokens, dropout_rng=keys[3])
-    kernel, bias = self.apply(params, m.lm_output)
     labels = ids[:, 1:]
     weights = (labels != fusion.PAD_ID).astype(jnp.float32)
-    total, nll, correct = fusion.vocabulary_loss(hidden[:, :-1], kernel, bias, labels, weights)
-    feats.update(self.lm_features(total, nll, correct, weights))
+    feats.update(self.decoder_features(params, ids, image_tokens, labels, weights, keys[3]))
     return feats
+
+  def decoder_features(self, params, ids, image_tokens, labels, weights, rng):
+    """lm_features of the decoder reading [DEC]-first `ids` [b, T] and predicting `labels`
+    [b, T' <= T] at its first T' positions, weighed by `weights` [b, T']."""
+    m = self.module
+    hidden = self.apply(params, m.decoder_hidden, ids, image_tokens, dropout_rng=rng)
+    kernel, bias = self.apply(params, m.lm_output)
+    total, nll, correct = fusion.vocabulary_loss(hidden[:, :labels.shape[1]], kernel, bias,
+                                                 labels, weights)
+    return self.lm_features(total, nll, correct, weights)
 
   def match(self, params, context, tokens):
     logits = self.apply(params, self.module.itm_logits, self.prefixed(tokens, "enc"), context)
@@ -82,3 +89,19 @@ class BlipFamily(FusionFamily):
   step_fn = CocaFamily.step_fn
   init_cache = CocaFamily.init_cache
   caption = CocaFamily.caption
+
+  # ---- VQA as generation ------------------------------------------------------------------
+  # BLIP's own VQA encodes the question with the image-grounded encoder and decodes the
+  # answer with a separate answer decoder. Here the question is the decoder's prompt:
+  # [DEC] + question pieces + answer, the loss on the answer only (models/question_prompt.py),
+  # as for every family with a decoder, so no extra weights are needed.
+
+  check_positions = CocaFamily.check_positions
+  answer = CocaFamily.answer
+
+  def answer_features(self, params, images, questions, answers, rng=None):
+    tokens, weights = question_prompt.pack(questions, answers, self.eos_id)
+    self.check_positions(tokens.shape[1])
+    ids = layers.shift_right(tokens, self.start_id)
+    image_tokens = self.apply(params, self.module.image_tokens, images)
+    return self.decoder_features(params, ids, image_tokens, tokens, weights, rng)

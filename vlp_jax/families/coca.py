@@ -12,9 +12,10 @@ import jax.numpy as jnp
 from vlp_jax import losses
 from vlp_jax.families import base
 from vlp_jax.families.clip import ClipFamily
+from vlp_jax.families.fusion import FusionFamily
 from vlp_jax.losses import contrastive
 from vlp_jax.models import coca as coca_model
-from vlp_jax.models import decoding
+from vlp_jax.models import decoding, question_prompt
 from vlp_jax.parallel.mesh import BATCH_AXES
 
 
@@ -138,3 +139,30 @@ class CocaFamily(base.Family):
       return tokens
     return jnp.concatenate([jnp.broadcast_to(jnp.array(prompt, jnp.int32), (b, len(prompt))),
                             tokens], axis=1)
+
+  # ---- VQA as generation: the question is the decoder's prompt (models/question_prompt.py)
+
+  def check_positions(self, n):
+    """ValueError naming the field when n decoder positions (question + answer) do not fit
+    the position table."""
+    limit = self.config.model.context_length
+    if n > limit:
+      raise ValueError(f"A question and answer of {n} tokens in all exceed "
+                       f"model.context_length={limit} decoder positions")
+
+  def answer_features(self, params, images, questions, answers, rng=None):
+    del rng  # no dropout
+    tokens, weights = question_prompt.pack(questions, answers, self.eos_id)
+    self.check_positions(tokens.shape[1])
+    total, nll, correct = self.module.apply({"params": params}, images, tokens, weights,
+                                            method=self.module.weighted_loss)
+    return FusionFamily.lm_features(total, nll, correct, weights)
+
+  def answer(self, params, images, questions, max_len):
+    """Greedy decoding after each row's own question (decoding.sample's `forced`)."""
+    n = questions.shape[1] + max_len
+    self.check_positions(n)
+    forced, lengths = question_prompt.prompt(questions, self.eos_id)
+    cache = self.init_cache(params, images, 1, n)
+    return decoding.greedy(self.step_fn(params), cache, images.shape[0], max_len,
+                           self.start_id, self.eos_id, forced, lengths)

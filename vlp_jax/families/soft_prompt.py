@@ -22,7 +22,7 @@ from vlp_jax.families.clip import ClipFamily
 from vlp_jax.families.coca import CocaFamily
 from vlp_jax.families.fusion import FusionFamily
 from vlp_jax.models import blip2 as blip2_model
-from vlp_jax.models import language_model, soft_prompt, vit
+from vlp_jax.models import language_model, question_prompt, soft_prompt, vit
 from vlp_jax.parallel import mesh as mesh_lib
 
 
@@ -63,14 +63,17 @@ class SoftPromptFamily(base.Family):
 
   def features(self, params, batch, rng, state=None):
     del state
-    kwargs = {}
-    if self.config.model.dropout:
-      kwargs = dict(deterministic=False, rngs={"dropout": rng})
     tokens = batch["tokens"]
     total, nll, correct = self.module.apply({"params": params}, batch["image"], tokens,
-                                            self.start_id, **kwargs)
+                                            self.start_id, **self.dropout(rng))
     weights = (tokens != language_model.PAD_ID).astype(jnp.float32)
     return FusionFamily.lm_features(total, nll, correct, weights)
+
+  def dropout(self, rng):
+    """module.apply's arguments for dropout drawn from `rng` (none: None or model.dropout 0)."""
+    if rng is None or not self.config.model.dropout:
+      return {}
+    return dict(deterministic=False, rngs={"dropout": rng})
 
   def loss(self, params, features, mesh, state=None):
     del params, mesh, state
@@ -107,6 +110,27 @@ class SoftPromptFamily(base.Family):
     return variables["cache"]
 
   caption = CocaFamily.caption
+
+  # ---- VQA as generation: BLIP-2's prompting, the soft prompt then the question's pieces
+  # (no "Question:"/"Answer:" words), the answer after them (models/question_prompt.py);
+  # frozen parts stay frozen.
+
+  def check_positions(self, n):
+    """ValueError naming the field when the prompt and n tokens exceed the LM's positions."""
+    m = self.config.model
+    if self.prompt_length + n > m.lm.positions:
+      raise ValueError(f"The prompt ({self.prompt_length}) and a question and answer of {n} "
+                       f"tokens in all exceed model.lm.positions={m.lm.positions}")
+
+  def answer_features(self, params, images, questions, answers, rng=None):
+    tokens, weights = question_prompt.pack(questions, answers, self.eos_id)
+    self.check_positions(tokens.shape[1])
+    total, nll, correct = self.module.apply(
+        {"params": params}, images, tokens, weights, self.start_id,
+        method=self.module.weighted_loss, **self.dropout(rng))
+    return FusionFamily.lm_features(total, nll, correct, weights)
+
+  answer = CocaFamily.answer
 
 
 @base.register("blip2_lm")

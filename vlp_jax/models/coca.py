@@ -260,6 +260,15 @@ class Coca(nn.Module):
     hidden = self.text_decoder.hidden(txt_unimodal[:, :-1], self.caption_context(images))
     return self.text_decoder.output(hidden)
 
+  def weighted_loss(self, images, tokens, weights):
+    """(sum of weights * nll, nll [B, L], correct [B, L]) of predicting `tokens` with
+    per-position weights (VQA: a question then its answer, the answer weighed): the
+    decoder alone, no CLS token and no text embedding."""
+    decoder = self.text_decoder
+    unimodal = decoder.unimodal(decoder.embed(decoder.shift(tokens)))
+    hidden = decoder.hidden(unimodal, self.caption_context(images))
+    return decoder.output.loss(hidden, tokens, weights)
+
   def __call__(self, images, tokens):
     """(image embedding, text embedding, caption, logit scale), caption being
     (sum of token nll, nll [B, L], correct [B, L]) of predicting `tokens`, padding masked;

@@ -31,12 +31,24 @@ def filter_logits(logits, top_k=0, top_p=1.0):
 
 
 def sample(step_fn, cache, batch_size, max_len, start_id, eos_id, rng=None, temperature=1.0,
-           top_k=0, top_p=1.0):
+           top_k=0, top_p=1.0, forced=None, forced_len=None):
   """[batch_size, max_len] tokens drawn from filter_logits(logits / temperature);
-  temperature 0 takes the argmax (greedy)."""
+  temperature 0 takes the argmax (greedy).
+
+  `forced` [b, P] with `forced_len` [b]: a prompt per row (VQA's questions differ in
+  length, and the caches have no key-padding mask to left-pad them): row r reads
+  forced[r, :forced_len[r]] after the start symbol, then its own tokens, recorded from
+  column 0. Rows step together, at most max(forced_len) + max_len steps.
+  """
+  if forced is None:
+    forced = jnp.zeros((batch_size, 1), jnp.int32)
+    forced_len = jnp.zeros((batch_size,), jnp.int32)
+  steps = max_len + jnp.max(forced_len)
+  columns = jnp.arange(max_len)[None, :]
+
   def cond(state):
     t, _, _, done, _, _ = state
-    return (t < max_len) & ~jnp.all(done)
+    return (t < steps) & ~jnp.all(done)
 
   def body(state):
     t, out, last, done, cache, rng = state
@@ -47,9 +59,13 @@ def sample(step_fn, cache, batch_size, max_len, start_id, eos_id, rng=None, temp
     else:
       rng, key = jax.random.split(rng)
       token = jax.random.categorical(key, filter_logits(logits / temperature, top_k, top_p))
-    token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
-    out = out.at[:, t].set(token)
-    return t + 1, out, token, done | (token == eos_id), cache, rng
+    column = t - forced_len  # where row r records this step's token (< 0: still forced)
+    prompted = jnp.take(forced, jnp.minimum(t, forced.shape[1] - 1), axis=1)
+    token = jnp.where(column < 0, prompted, jnp.where(done, PAD_ID, token)).astype(jnp.int32)
+    record = (column >= 0) & ~done
+    out = jnp.where(record[:, None] & (columns == column[:, None]), token[:, None], out)
+    done = done | (record & ((token == eos_id) | (column == max_len - 1)))
+    return t + 1, out, token, done, cache, rng
 
   state = (jnp.int32(0), jnp.zeros((batch_size, max_len), jnp.int32),
            jnp.full((batch_size,), start_id, jnp.int32), jnp.zeros((batch_size,), bool), cache,
@@ -70,8 +86,9 @@ def after_prompt(step_fn, cache, rows, start_id, prompt):
   return (lambda c, ids, t: step_fn(c, ids, t + shift)), cache, prompt[-1]
 
 
-def greedy(step_fn, cache, batch_size, max_len, start_id, eos_id):
-  return sample(step_fn, cache, batch_size, max_len, start_id, eos_id, temperature=0.0)
+def greedy(step_fn, cache, batch_size, max_len, start_id, eos_id, forced=None, forced_len=None):
+  return sample(step_fn, cache, batch_size, max_len, start_id, eos_id, temperature=0.0,
+                forced=forced, forced_len=forced_len)
 
 
 def length_penalty(length, alpha):

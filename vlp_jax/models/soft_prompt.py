@@ -31,6 +31,14 @@ class SoftPromptLM(nn.Module):
     """(sum of nll, nll [B, L], correct [B, L]) of the caption `tokens` after the prompt."""
     return self.lm(tokens, start_id, prefix=self.prefix(images, deterministic))
 
+  def weighted_loss(self, images, tokens, weights, start_id, deterministic=True):
+    """As __call__ with per-position `weights` [B, L] (VQA: question pieces then the
+    answer after the soft prompt, the answer weighed)."""
+    prefix = self.prefix(images, deterministic)
+    ids = self.lm.shift(tokens, start_id)
+    hidden = self.lm.hidden(self.lm.embed(ids, prefix=prefix))[:, prefix.shape[1]:]
+    return self.lm.loss(hidden, tokens, weights)
+
   def decode_step(self, ids, position, prefix=None):
     """Decode mode: see DecoderLM.step (positions count from the prompt's start)."""
     return self.lm.step(ids, position, prefix)
