@@ -243,6 +243,16 @@ def base_config():
   c.decode.max_length = 0  # generated tokens, EOS included; 0: model.context_length
   c.decode.show = 10  # captions printed next to the true ones
   c.decode.prompt = ""  # text every caption starts with (BLIP-2's "a photo of"); generated after it
+
+  c.vqa = ConfigDict()  # model.name='vqa': fine-tuning a decoder family to answer questions
+  c.vqa.family = "blip"  # the wrapped pretraining family (one with answer_features/answer)
+  # Answer tokens, EOS included; questions keep model.context_length minus these (the
+  # decoder reads the question, then the answer, within its position table).
+  c.vqa.answer_length = 8
+  c.vqa.blind = False  # the question-only baseline: every image replaced by zeros
+  # "": answers generated greedily; "train": ranked over every distinct answer of data.train
+  # (WORKDIR/answers.txt); else a text file, one answer per line.
+  c.vqa.candidates = ""
   return c
 
 
@@ -406,6 +416,7 @@ def validate(config):
   _require(m.fusion_depth >= 1, "model.fusion_depth", f"must be >= 1, got {m.fusion_depth}")
   _require(config.eval.itm_top_k >= 1, "eval.itm_top_k",
            f"must be >= 1, got {config.eval.itm_top_k}")
+  _check_vqa(config, names)
   if d.probe:
     from vlp_jax.evaluate import probe  # pylint: disable=g-import-not-at-top
     try:
@@ -418,6 +429,18 @@ def validate(config):
     size = config.mesh[axis]
     _require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 or >= 1, got {size}")
   return config
+
+
+def _check_vqa(config, names):
+  """The vqa group's own values; how they fit the model is VqaFamily.check_config's, and
+  a candidates file is read by its prepare."""
+  v = config.vqa
+  _require(v.family in names, "vqa.family", f"{v.family!r} is not one of {names}")
+  _require(isinstance(v.blind, bool), "vqa.blind", f"{v.blind!r} is not True or False")
+  _require(isinstance(v.candidates, str), "vqa.candidates",
+           f"{v.candidates!r} is not '', 'train' or a file path")
+  _require(v.answer_length >= 2, "vqa.answer_length",
+           f"must be >= 2 (an answer piece and EOS), got {v.answer_length}")
 
 
 def eval_specs(config):

@@ -4,7 +4,8 @@ Metric names: `zeroshot/<set>_<task>/top1|top5|chance` and
 `retrieval/<set>/t2i_r1|...|i2t_r10` (plus `_chance` levels), where <set> is the dataset's
 short name (e.g. `shapes`, `emoji_noto`) and <task> the labelled attribute;
 `retrieval_itm/<set>/...` the same recalls with each query's ITC top k re-ranked by the
-family's matching head (ALBEF, BLIP).
+family's matching head (ALBEF, BLIP); `vqa/<set>/accuracy`, `.../accuracy/<type>` and
+`.../count` for the sets with answers (evaluate/vqa.py).
 """
 import time
 
@@ -41,14 +42,16 @@ class Encoder:
                           out_shardings=sharding.replicated(self.mesh))
     self.family = family
 
-  def jit(self, fn):
-    """fn(params, batch) jitted: batch sharded over the batch axes, output replicated."""
-    return jax.jit(fn, in_shardings=(None, self._sharding),
+  def jit(self, fn, inputs=1):
+    """fn(params, *batch) jitted: the `inputs` batch arrays sharded over the batch axes,
+    output replicated."""
+    return jax.jit(fn, in_shardings=(None,) + (self._sharding,) * inputs,
                    out_shardings=sharding.replicated(self.mesh))
 
-  def jit_on_images(self, fn):
-    """`jit` of fn(params, images) fed uint8 images, normalised on device first."""
-    return self.jit(lambda params, images: fn(params, preprocess.normalize_on_device(images)))
+  def jit_on_images(self, fn, inputs=1):
+    """`jit` of fn(params, images, *rest) fed uint8 images, normalised on device first."""
+    return self.jit(lambda params, images, *rest: fn(
+        params, preprocess.normalize_on_device(images), *rest), inputs)
 
   def _batches(self, fn, params, local_batches):
     """`fn` over global batches given as this host's rows of each (an array, or a tuple of
@@ -71,11 +74,14 @@ class Encoder:
     local = (array[np.minimum(start + rows, n - 1)] for start in range(0, n, self.batch_size))
     return self._batches(fn, params, local)[:n]
 
-  def _run_images(self, fn, params, ev):
+  def _run_images(self, fn, params, ev, *texts):
     """`fn` over the usable images of an EvalSet, in order; each host feeds the images it
-    decoded, unusable positions are zero rows whose outputs are dropped."""
+    decoded, unusable positions are zero rows whose outputs are dropped. `texts`: arrays
+    over the usable records that every host holds whole (a VQA set's question tokens), fed
+    beside the images of the same rows: fn(params, images, *texts)."""
     bs, rows = self.layout.batch_size, self.layout.rows
     total = len(ev.valid)
+    usable = np.maximum(np.cumsum(ev.valid) - 1, 0)  # position -> index among the usable
     mine = np.flatnonzero(ev.valid)
     mine = mine[np.isin(mine % bs, rows)]
     if not np.isin(mine, ev.positions).all():
@@ -89,7 +95,11 @@ class Encoder:
         hit = (ev.positions[at] == wanted) if len(ev.positions) else np.zeros(len(rows), bool)
         local = np.zeros((len(rows),) + ev.images.shape[1:], ev.images.dtype)
         local[hit] = ev.images[at[hit]]
-        yield local
+        if not texts:
+          yield local
+          continue
+        index = usable[np.minimum(wanted, total - 1)]
+        yield (local,) + tuple(text[index] for text in texts)
 
     return self._batches(fn, params, local_batches())[:total][ev.valid]
 
@@ -205,7 +215,8 @@ def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "z
   """All metrics of all eval sets as one flat dict of floats: only the evaluations the
   family declares (Family.EVALUATIONS) that this runner knows: retrieval (also re-ranked
   by a matching head: retrieval_itm, ITC's top `itm_top_k`, config eval.itm_top_k),
-  zero-shot by text prompts or by the classification head, and linear probes on
+  zero-shot by text prompts or by the classification head, answers to the questions of
+  the sets that have them (vqa: `encoder` is a vqa.Answerer), and linear probes on
   `probe_sets` [(name, train EvalSet, test EvalSet)]."""
   results = {}
   retrieval, zeroshot = "retrieval" in evaluations, "zeroshot_text" in evaluations
@@ -241,6 +252,10 @@ def evaluate(encoder, params, tokenizer, eval_sets, evaluations=("retrieval", "z
         results[f"{prefix}/covered"] = covered
     logging.info("evaluated %s (%d examples) in %.1fs", ev.name, ev.num_images,
                  time.time() - start)
+  if "vqa" in evaluations:
+    # Imported here: the answering runner builds on this module's Encoder.
+    from vlp_jax.evaluate import vqa  # pylint: disable=g-import-not-at-top
+    results.update(vqa.evaluate_sets(encoder, params, tokenizer, eval_sets))
   for ev in eval_sets if "perplexity" in evaluations else ():
     sums = encoder.text_nll(params, ev.tokens).astype(np.float64).sum(axis=0)
     nll = sums[0] / max(sums[1], 1.0)

@@ -38,10 +38,12 @@ EVALUATION_NEEDS = {
     "caption": ("caption",),
     "perplexity": ("text_nll",),  # held-out captions under a language model
     "probe": ("encode_image",),
+    "vqa": ("answer",),  # questions of eval sets with answers (evaluate/vqa.py)
 }
 CONTRASTIVE_KINDS = (None, "softmax", "sigmoid")
 # The evaluations that read text, so need the tokenizer.
-TEXT_EVALUATIONS = ("retrieval", "retrieval_itm", "zeroshot_text", "caption", "perplexity")
+TEXT_EVALUATIONS = ("retrieval", "retrieval_itm", "zeroshot_text", "caption", "perplexity",
+                    "vqa")
 
 FAMILIES = {}
 

@@ -16,11 +16,13 @@ from clu import metric_writers, periodic_actions
 
 from vlp_jax import config_lib, data, families
 from vlp_jax.data.tf_setup import tf
-from vlp_jax.evaluate import probe, runner
+from vlp_jax.evaluate import probe, runner, vqa
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding
 from vlp_jax.train import checkpoint, fingerprint, init_from, optimizer, state as state_lib
 from vlp_jax.train.step import make_train_step
+
+TOKENIZER_FILE = "tokenizer.model"  # data/tokenizer.py: a run's own tokenizer
 
 
 @dataclasses.dataclass
@@ -50,7 +52,7 @@ def setup(config, workdir, reading=False, allow_config_change=False):
   t = config.train
   checkpointer = checkpoint.Checkpointer(
       workdir, t.checkpoint_every, t.keep_checkpoints,
-      fingerprint=fingerprint.fingerprint(config), allow_config_change=allow_config_change,
+      fingerprint=run_fingerprint(config), allow_config_change=allow_config_change,
       read_only=reading)
   if reading and checkpointer.latest_step() is None:
     raise ValueError(f"No checkpoint in {checkpointer.directory}; train first "
@@ -60,6 +62,8 @@ def setup(config, workdir, reading=False, allow_config_change=False):
     use_compile_cache(config, workdir)
   tokenizer = None
   if families.FAMILIES[config.model.name].USES_TOKENIZER:
+    if not reading:
+      inherit_tokenizer(config, workdir)
     tokenizer = data.get_tokenizer(config, workdir, reading=reading)
   family = families.get_family(config, tokenizer.eos_id if tokenizer else 1)
   family.prepare(workdir, reading)
@@ -67,6 +71,35 @@ def setup(config, workdir, reading=False, allow_config_change=False):
   abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
   return Setup(config, workdir, mesh, tokenizer, family, tx, lr_fn, abstract,
                sharding.named(mesh, specs), checkpointer)
+
+
+# The vqa group's fields that change what the model computes (vqa.candidates only picks
+# how the evaluation answers). train/fingerprint.py covers the other groups.
+VQA_FINGERPRINT = ("family", "answer_length", "blind")
+
+
+def run_fingerprint(config):
+  """fingerprint.fingerprint plus the vqa fields a checkpoint depends on."""
+  fields = fingerprint.fingerprint(config)
+  fields.update({f"vqa.{k}": config.vqa[k] for k in VQA_FINGERPRINT})
+  return dict(sorted(fields.items()))
+
+
+def inherit_tokenizer(config, workdir):
+  """A run started from one other run's parameters (model.init_from) reads text as that
+  run did: its tokenizer.model is copied into the new workdir (by process 0) when neither
+  data.tokenizer nor the workdir names one, rather than a new one being trained on this
+  run's data, whose ids would not match the restored token embeddings."""
+  runs = [run for run in config.model.init_from.split(";") if run.strip()]
+  target = os.path.join(workdir, TOKENIZER_FILE)
+  if config.data.tokenizer or len(runs) != 1 or tf.io.gfile.exists(target) or \
+      tf.io.gfile.exists(os.path.join(workdir, "tokenizer")):
+    return
+  run_dir, _ = init_from._split(runs[0].strip())  # pylint: disable=protected-access
+  source = os.path.join(run_dir, TOKENIZER_FILE)
+  if tf.io.gfile.exists(source):
+    logging.info("tokenizer of model.init_from: %s", source)
+    mesh_lib.write_once(target, lambda: tf.io.gfile.copy(source, target), "tokenizer")
 
 
 def check_workdir(workdir, reading):
@@ -117,6 +150,15 @@ def load_eval_sets(s):
     probes = [(name, load(train, None), load(test, None))
               for name, train, test in probe.parse_probe_specs(c.data.probe)]
   return [load(spec, s.tokenizer) for spec in config_lib.eval_specs(c)], probes
+
+
+def make_encoder(s):
+  """The evaluators' encoder; one that also answers questions when the family declares the
+  vqa evaluation (answers of vqa.answer_length tokens)."""
+  c = s.config
+  if "vqa" in s.family.EVALUATIONS:
+    return vqa.Answerer(s.family, s.mesh, c.eval.batch_size, c.vqa.answer_length)
+  return runner.Encoder(s.family, s.mesh, c.eval.batch_size)
 
 
 def device_batches(iterator, mesh, depth, global_batch):
@@ -251,7 +293,7 @@ def train(config, workdir, allow_config_change=False):
                                 process_count=jax.process_count(), rows=rows, family=s.family)
   batches = device_batches(iterator, s.mesh, c.data.prefetch, global_batch)
   eval_sets, probe_sets = load_eval_sets(s)
-  encoder = runner.Encoder(s.family, s.mesh, c.eval.batch_size)
+  encoder = make_encoder(s)
   step_fn = make_train_step(s.family, s.tx, s.lr_fn, c, s.mesh, s.shardings)
   log = MetricsLog(workdir, start)
   counters = ("skipped_nonfinite", "nonfinite_streak", "nonfinite_step")
@@ -336,7 +378,7 @@ def evaluate_checkpoint(config, workdir, step=None, allow_config_change=False):
   eval_sets, probe_sets = load_eval_sets(s)
   if not (eval_sets or probe_sets):
     raise ValueError("Config fields 'data.eval' and 'data.probe' name no evaluation set")
-  encoder = runner.Encoder(s.family, s.mesh, config.eval.batch_size)
+  encoder = make_encoder(s)
   started = time.time()
   results = runner.evaluate(encoder, state.params, s.tokenizer, eval_sets,
                             s.family.EVALUATIONS, probe_sets, config.eval.itm_top_k)
