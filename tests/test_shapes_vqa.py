@@ -69,12 +69,13 @@ def _solve(question, scene, objects):
   if m := re.fullmatch(r"how many (.+) are there\?", question):
     words = m.group(1).split()
     if words == ["shapes"]:
-      return "count", str(len(objects))
+      return "count", shapes_vqa.COUNT_WORDS[len(objects)]
     if len(words) == 1:
-      return "count", str(len(_matching(objects, {"shape": PLURAL[words[0]]})))
+      return "count", shapes_vqa.COUNT_WORDS[len(_matching(objects,
+                                                           {"shape": PLURAL[words[0]]}))]
     assert words[1] == "shapes" and len(words) == 2, question
     kind = "size" if words[0] in scenes.SIZES else "color"
-    return "count", str(len(_matching(objects, {kind: words[0]})))
+    return "count", shapes_vqa.COUNT_WORDS[len(_matching(objects, {kind: words[0]}))]
   if m := re.fullmatch(r"is the (.+?) (left of|right of|above|below) the (.+)\?", question):
     a, _ = _the(objects, m.group(1))
     b, _ = _the(objects, m.group(3))

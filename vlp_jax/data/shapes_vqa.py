@@ -41,11 +41,14 @@ from vlp_jax.data.tf_setup import tf
 
 SEEDS = {"train": 0, "test": 1}  # shapes.SPLITS's seeds: the same scenes as builtin:shapes
 TYPES = ("color", "shape", "size", "count", "position", "exists")
+COUNT_WORDS = ("none", "one", "two", "three")
 ANSWERS = {
     "color": scenes.COLOR_NAMES,
     "shape": scenes.SHAPES,
     "size": scenes.SIZE_NAMES,
-    "count": ("0", "1", "2", "3"),  # digits: VQAv2's answer normalisation turns words to digits
+    # Words, as the captions spell numbers: a tokenizer trained on the captions has no
+    # digits. VQAv2's answer normalisation reads "none", "one", ... as 0, 1, ...
+    "count": COUNT_WORDS,
     "position": ("yes", "no"),
     "exists": ("yes", "no"),
 }
@@ -109,12 +112,12 @@ def _attribute_questions(objects, rng, kind):
 
 def _count_questions(objects, rng):
   del rng  # every candidate is listed
-  out = [(str(len(objects)), "how many shapes are there?")]
+  out = [(COUNT_WORDS[len(objects)], "how many shapes are there?")]
   for kind in ATTRS:
     for value in ANSWERS[kind]:
       n = sum(o[kind] == value for o in objects)
       words = PLURALS.get(value, value + "s") if kind == "shape" else value + " shapes"
-      out.append((str(n), f"how many {words} are there?"))
+      out.append((COUNT_WORDS[n], f"how many {words} are there?"))
   return out
 
 
