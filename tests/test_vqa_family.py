@@ -13,10 +13,12 @@ import pytest
 import main
 from tests.helpers import tiny_config, write_scene_folder
 from vlp_jax import config_lib, data, families
-from vlp_jax.data import shapes_vqa, tokenizer as tokenizer_lib
+from vlp_jax.data import preprocess, shapes_vqa, sources, tokenizer as tokenizer_lib
+from vlp_jax.evaluate import vqa as vqa_eval
 from vlp_jax.evaluate import vqa_metrics
 from vlp_jax.families import vqa
-from vlp_jax.train import checkpoint, init_from, loop
+from vlp_jax.parallel import mesh as mesh_lib
+from vlp_jax.train import init_from, loop
 
 B, LENGTH, ANSWER = 8, 24, 4
 SMALL = {"model.image_size": 32, "model.vision_width": 32, "model.text_width": 32,
@@ -159,6 +161,13 @@ def test_validation_names_the_field(overrides, field):
     _config(**overrides)
 
 
+def test_a_changed_vqa_field_is_a_different_run_but_candidates_are_evaluation():
+  base = loop.run_fingerprint(_config())
+  for field, value in (("vqa.blind", True), ("vqa.answer_length", 5), ("vqa.family", "coca")):
+    assert loop.run_fingerprint(_config(**{field: value})) != base, field
+  assert loop.run_fingerprint(_config(**{"vqa.candidates": "train"})) == base
+
+
 def test_a_family_that_cannot_answer_is_refused_naming_the_field(tok):
   c = config_lib.base_config()
   c.update_from_flattened_dict({"model.name": "vqa", "vqa.family": "clip"})
@@ -170,6 +179,29 @@ def test_a_family_that_cannot_answer_is_refused_naming_the_field(tok):
   answering = type("Answering", (families.ClipFamily,),
                    {"answer_features": lambda *a: None, "answer": lambda *a: None})
   assert vqa.can_answer(answering) and not vqa.can_answer(families.ClipFamily)
+
+
+def test_answerer_feeds_each_question_with_its_own_image_across_unusable_positions():
+  """Positions 1, 4 and 9 of 13 are unusable (12 rows over two eval batches of 8): every
+  usable record's answer is computed from its image and its question."""
+  valid = np.ones(13, bool)
+  valid[[1, 4, 9]] = False
+  n = int(valid.sum())
+  images = np.zeros((n, 2, 2, 3), np.uint8)
+  images[:, 0, 0, 0] = 10 * np.arange(1, n + 1)  # record i's image says 10 (i + 1)
+  questions = np.zeros((n, 3), np.int32)
+  questions[:, 0] = np.arange(100, 100 + n)  # and its question 100 + i
+  ev = data.EvalSet("set", images, questions, [""] * n, {}, {}, {},
+                    positions=np.flatnonzero(valid), valid=valid, answers=[["x"]] * n)
+  # What the answer reads of each row: its question's first token and its image's value.
+  fake = families.ClipFamily(tiny_config())
+  fake.answer = lambda params, images, questions, max_len: jnp.stack(
+      [questions[:, 0], jnp.round(images[:, 0, 0, 0] * 1000).astype(jnp.int32)], 1)
+  mesh = mesh_lib.make_mesh(tiny_config().mesh)
+  got = vqa_eval.Answerer(fake, mesh, 8, 2).answers(None, ev)
+  want = np.round(np.asarray(preprocess.normalize_on_device(images))[:, 0, 0, 0] * 1000)
+  np.testing.assert_array_equal(got[:, 0], questions[:, 0])
+  np.testing.assert_array_equal(got[:, 1], want.astype(np.int32))
 
 
 # ---- through the trainer --------------------------------------------------------------------
@@ -199,8 +231,14 @@ def vqa_folder(tmp_path_factory):
 
 def test_init_from_a_blip_run_restores_every_parameter(pretrained, vqa_folder, tmp_path):
   pretrained, blip_config = pretrained
-  c = _run_config(**{"model.init_from": pretrained, "data.train": f"vqa:{vqa_folder}:train"})
+  c = _run_config(**{"model.init_from": pretrained, "data.train": f"vqa:{vqa_folder}:train",
+                     "vqa.candidates": "train"})
   s = loop.setup(c, str(tmp_path / "vqa"))
+  # vqa.candidates=train: every distinct answer of data.train, kept in WORKDIR/answers.txt.
+  train = sources.get_source(f"vqa:{vqa_folder}:train", holdout_percent=30)
+  kept = vqa.read_answers(str(tmp_path / "vqa" / "answers.txt"))
+  assert s.family.candidates == kept and len(kept) == len(set(kept))
+  assert set(kept) == {a for ex in train.examples for a in ex["answers"]}
   with open(os.path.join(pretrained, "tokenizer.model"), "rb") as f, \
       open(tmp_path / "vqa" / "tokenizer.model", "rb") as g:
     assert f.read() == g.read()  # the run's tokenizer, not one trained on the questions

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlp_jax.data import keywords
 from vlp_jax.data.tf_setup import tf
 from vlp_jax.families import base
 from vlp_jax.parallel import mesh as mesh_lib
@@ -82,18 +83,12 @@ def train_answers(config):
   return sorted(counts, key=lambda a: (-counts[a], a))
 
 
-def write_answers(answers, path):
-  """One answer per line, written under a temporary name and renamed (hosts never read half
-  a file)."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write("".join(f"{a}\n" for a in answers))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def read_answers(path):
-  with tf.io.gfile.GFile(path, "r") as f:
-    return [line.strip() for line in f.read().splitlines() if line.strip()]
+  """The answers of a file, one per line (keywords.py's vocabulary format)."""
+  try:
+    return keywords.read_vocabulary(path)
+  except ValueError:
+    raise ValueError(f"Config field 'vqa.candidates': {path} holds no answer") from None
 
 
 def prepare_candidates(config, workdir, reading):
@@ -110,12 +105,9 @@ def prepare_candidates(config, workdir, reading):
     if reading:
       raise ValueError(f"{path} is missing: the run's answer list (vqa.candidates='train') "
                        f"is needed to read it")
-    mesh_lib.write_once(path, lambda: write_answers(train_answers(config), path),
+    mesh_lib.write_once(path, lambda: keywords.write_vocabulary(train_answers(config), path),
                         "answer list")
-  answers = read_answers(path)
-  if not answers:
-    raise ValueError(f"Config field 'vqa.candidates': {path} holds no answer")
-  return answers
+  return read_answers(path)
 
 
 @base.register("vqa")
