@@ -42,7 +42,7 @@ def get_config(arg=None):
   if "variant=tiny" in rest.split(","):
     tiny_schedule(c)
   else:
-    # BLIP's VQA fine-tuning (configs/vqa.yaml): AdamW lr 2e-5, weight decay 0.05, batch 256.
+    # BLIP's VQA fine-tuning: AdamW lr 2e-5, weight decay 0.05, batch 256 (8 x 32).
     c.train.batch_size, c.optim.lr, c.optim.weight_decay = 256, 2e-5, 0.05
     c.train.steps, c.optim.warmup_steps = 10_000, 500
   return c
