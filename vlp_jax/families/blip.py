@@ -91,15 +91,16 @@ class BlipFamily(FusionFamily):
   caption = CocaFamily.caption
 
   # ---- VQA as generation ------------------------------------------------------------------
-  # BLIP's own VQA encodes the question with the image-grounded encoder and decodes the
-  # answer with a separate answer decoder. Here the question is the decoder's prompt:
-  # [DEC] + question pieces + answer, the loss on the answer only (models/question_prompt.py),
-  # as for every family with a decoder, so no extra weights are needed.
 
   check_positions = CocaFamily.check_positions
   answer = CocaFamily.answer
 
   def answer_features(self, params, images, questions, answers, rng=None):
+    """The captioning decoder with the question as its prompt: [DEC] + question pieces +
+    answer, the loss on the answer only (models/question_prompt.py). BLIP's own VQA
+    encodes the question with the image-grounded encoder and decodes the answer with a
+    separate answer decoder; a prompt works for every family with a decoder and needs no
+    new weights."""
     tokens, weights = question_prompt.pack(questions, answers, self.eos_id)
     self.check_positions(tokens.shape[1])
     ids = layers.shift_right(tokens, self.start_id)

@@ -151,6 +151,8 @@ class CocaFamily(base.Family):
                        f"model.context_length={limit} decoder positions")
 
   def answer_features(self, params, images, questions, answers, rng=None):
+    """The multimodal decoder reading start + question pieces + answer; the loss on the
+    answer only (models/question_prompt.py)."""
     del rng  # no dropout
     tokens, weights = question_prompt.pack(questions, answers, self.eos_id)
     self.check_positions(tokens.shape[1])
