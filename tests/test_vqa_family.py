@@ -62,16 +62,22 @@ def _raw(seed=0):
           "question_type": [ex["question_type"] for ex in exs]}
 
 
-def test_host_batch_picks_the_most_frequent_answer_and_tokenises(tok):
+def test_host_batch_picks_the_most_frequent_answer_and_tokenises(tok, caplog):
   family = _family(tok)
   raw = _raw()
   raw["answers"][:3] = [["no", "yes", "yes"], ["red", "blue"], [b"two", b"2", b"2", b"two"]]
+  raw["answers"][4] = ["k\u00fchl"]  # a letter no question or answer of the tokenizer has
   raw["caption"][3] = "is the " + "large red circle " * 8 + "left of the square?"  # too long
   batch = family.host_batch(raw, tok)
   assert {k: v.shape for k, v in batch.items()} == {
       "image": (B, 32, 32, 3), "question": (B, LENGTH - ANSWER), "answer": (B, ANSWER)}
   assert tok.decode(batch["answer"][:3]) == ["yes", "red", "two"]  # ties: the first given
-  assert tok.decode(batch["answer"][3:]) == [a[0] for a in raw["answers"][3:]]
+  assert tok.decode(batch["answer"][3:4]) == [raw["answers"][3][0]]
+  assert tok.decode(batch["answer"][5:]) == [a[0] for a in raw["answers"][5:]]
+  assert "['k\u00fchl'] contain pieces the tokenizer does not know" in caplog.text
+  caplog.clear()
+  family.host_batch(raw, tok)
+  assert "does not know" not in caplog.text  # each answer once
   full = tok.encode(raw["caption"])
   short = [i for i in range(B) if full[i, LENGTH - ANSWER - 1] == 0]
   np.testing.assert_array_equal(batch["question"][short], full[short, :LENGTH - ANSWER])

@@ -18,6 +18,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from vlp_jax.data import keywords
 from vlp_jax.data.tf_setup import tf
@@ -124,6 +125,7 @@ class VqaFamily(base.Family):
     self.wrapped = wrapped_class(config)(config, eos_id)
     self.candidates = None  # the closed answer list (texts), set by prepare
     self.candidate_tokens = None  # [C, vqa.answer_length]
+    self.unspelled = set()  # training answers the tokenizer cannot spell, logged once each
 
   @classmethod
   def check_config(cls, config):
@@ -166,9 +168,20 @@ class VqaFamily(base.Family):
     self.wrapped.host_batch(raw, tokenizer)  # the wrapped family's checks of the tokenizer
     eos = tokenizer.eos_id
     questions = tokenizer.encode([_text(q) for q in raw["caption"]])
-    answers = tokenizer.encode([most_frequent(a) for a in raw["answers"]])
+    texts = [most_frequent(a) for a in raw["answers"]]
+    answers = tokenizer.encode(texts)
+    self.warn_unspelled(texts, answers, tokenizer.unk_id)
     return {"image": raw["image"], "question": fit(questions, self.question_length, eos),
             "answer": fit(answers, self.config.vqa.answer_length, eos)}
+
+  def warn_unspelled(self, texts, tokens, unk_id):
+    """Logs each new answer holding the tokenizer's unknown piece: it trains, and decodes,
+    as unk, so it can never be answered right (a caption tokenizer without digits)."""
+    new = {t for t, row in zip(texts, tokens) if unk_id in row} - self.unspelled
+    if new:
+      self.unspelled |= new
+      logging.warning("VQA answers %s contain pieces the tokenizer does not know: they are "
+                      "learnt and answered as unk", sorted(new))
 
   def init(self, rng, batch):
     """The wrapped family's parameters, initialised on its own example batch."""
