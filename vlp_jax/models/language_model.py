@@ -96,13 +96,16 @@ class DecoderLM(nn.Module):
     return cross_entropy.fused_cross_entropy(hidden, kernel.astype(dtype), bias.astype(dtype),
                                              labels, weights)
 
-  def __call__(self, tokens, start_id, prefix=None):
-    """(sum of nll, nll [B, L], correct [B, L]) of predicting `tokens` (padding masked)
-    after `prefix` embeddings [B, P, W] (or none): the language-model loss."""
+  def __call__(self, tokens, start_id, prefix=None, weights=None):
+    """(sum of nll, nll [B, L], correct [B, L]) of predicting `tokens` after `prefix`
+    embeddings [B, P, W] (or none): the language-model loss, weighted per position by
+    `weights` [B, L] (default: 1 on every non-padding token)."""
     x = self.hidden(self.embed(self.shift(tokens, start_id), prefix=prefix))
     if prefix is not None:
       x = x[:, prefix.shape[1]:]
-    return self.loss(x, tokens, (tokens != PAD_ID).astype(jnp.float32))
+    if weights is None:
+      weights = (tokens != PAD_ID).astype(jnp.float32)
+    return self.loss(x, tokens, weights)
 
   def step(self, ids, position, prefix=None):
     """Decode mode: logits [B, T, V] of `ids` at `position`..., appended to the caches.

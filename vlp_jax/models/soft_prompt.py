@@ -34,10 +34,7 @@ class SoftPromptLM(nn.Module):
   def weighted_loss(self, images, tokens, weights, start_id, deterministic=True):
     """As __call__ with per-position `weights` [B, L] (VQA: question pieces then the
     answer after the soft prompt, the answer weighed)."""
-    prefix = self.prefix(images, deterministic)
-    ids = self.lm.shift(tokens, start_id)
-    hidden = self.lm.hidden(self.lm.embed(ids, prefix=prefix))[:, prefix.shape[1]:]
-    return self.lm.loss(hidden, tokens, weights)
+    return self.lm(tokens, start_id, self.prefix(images, deterministic), weights)
 
   def decode_step(self, ids, position, prefix=None):
     """Decode mode: see DecoderLM.step (positions count from the prompt's start)."""
