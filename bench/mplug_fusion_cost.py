@@ -22,7 +22,7 @@ add). Time: jit(value_and_grad) w.r.t. the parameters and both inputs of the sum
 outputs, float32, at --batch224/--batch384; all networks of a resolution run in alternation
 for --repeats rounds of --steps steps after a compile + warm-up step. Rows give the median
 ms per step [min-max]; time ratios to (a) are medians of the per-round ratios. Text has no
-padding (TextLayer's cross-attention takes no key mask; cost does not depend on it). The
+padding (the cost does not depend on it). The
 CPU family, a measured float32 matmul peak and the CPU other processes used while timing
 (from /proc/stat minus this process) are printed with it. Last line: one JSON object.
 """

@@ -1,9 +1,9 @@
 """mPLUG: ITC with momentum distillation and queues, ITM on hard negatives, distilled MLM and
 the prefix LM, over the cross-modal skip-connected fusion network (Li et al. 2022).
 
-loss = itc_weight * ITC + itm_weight * ITM + lm_weight * (MLM + prefix LM) / 2, as the
-paper's four objectives with equal weights. ITC, ITM and MLM are ALBEF's (families/albef.py)
-with the skip-connected network in place of ALBEF's fusion layers. The prefix LM splits
+loss = itc_weight * ITC + itm_weight * ITM + lm_weight * (MLM + prefix LM) / 2, the
+paper's four objectives. ITC, ITM and MLM are ALBEF's (families/albef.py: its methods) with
+the skip-connected network in place of ALBEF's fusion layers. The prefix LM splits
 each caption at a random point (losses/prefix_split.py): the beginning goes through the
 text encoder and the fusion network with the image, the decoder predicts the rest through
 the fused vocabulary loss. Captions and VQA answers come from the same decoder, which reads
@@ -12,12 +12,9 @@ the fusion outputs of [CLS] alone (captions) or of the question (answers).
 import jax
 import jax.numpy as jnp
 
-from vlp_jax.data import tokenizer as tokenizer_lib
 from vlp_jax.families import base
+from vlp_jax.families.albef import AlbefFamily
 from vlp_jax.families.coca import CocaFamily
-from vlp_jax.families.fusion import FusionFamily
-from vlp_jax.losses import masking
-from vlp_jax.losses import momentum as momentum_loss
 from vlp_jax.losses import prefix_split
 from vlp_jax.models import decoding
 from vlp_jax.models import fusion
@@ -28,10 +25,12 @@ _NOT_MOMENTUM = ("itm_head", "decoder_embed", "decoder", "lm_head")
 
 
 @base.register("mplug")
-class MplugFamily(FusionFamily):
-  """ViT + text_depth text layers + skip-connected fusion + decoder_depth decoder layers."""
+class MplugFamily(AlbefFamily):
+  """ViT + text_depth text layers + skip-connected fusion + decoder_depth decoder layers:
+  ALBEF's ITC, ITM and MLM (its methods, over this fusion) plus the prefix LM."""
 
-  EVALUATIONS = FusionFamily.EVALUATIONS | {"caption"}
+  EVALUATIONS = AlbefFamily.EVALUATIONS | {"caption"}
+  LM_NAME = "lm"  # the mean of MLM and the prefix LM; each also reported alone
 
   def __init__(self, config, eos_id=1):
     super().__init__(config, eos_id)
@@ -51,6 +50,10 @@ class MplugFamily(FusionFamily):
   def momentum_skip(self, path):
     return path[0] in _NOT_MOMENTUM
 
+  def fused_text(self, params, hidden, tokens, image_tokens, dropout_rng=None):
+    return self.apply(params, self.module.fuse, hidden, tokens, image_tokens,
+                      dropout_rng=dropout_rng)[1]
+
   def loss(self, params, features, mesh, state=None):
     """FusionFamily's loss with the language-model term the mean of MLM and prefix LM."""
     loss, metrics = super().loss(params, features, mesh, state)
@@ -64,54 +67,17 @@ class MplugFamily(FusionFamily):
             f"{name}_accuracy": jnp.sum(features[f"{name}_correct"]) / tokens}
 
   def features(self, params, batch, rng, state=None):
-    m, mom = self.module, state["momentum"]
     keys = jax.random.split(rng, 9)
-    tokens = self.prefixed(batch["tokens"], "cls")
-    image_tokens = self.apply(params, m.image_tokens, batch["image"])
-    hidden = self.apply(params, m.text_hidden, tokens, dropout_rng=keys[0])
-    feats = {"img": self.apply(params, m.image_embedding, image_tokens),
-             "txt": self.apply(params, m.text_embedding, hidden)}
-    image_tokens_m = self.apply(mom, m.image_tokens, batch["image"])
-    feats["img_m"] = self.apply(mom, m.image_embedding, image_tokens_m)
-    feats["txt_m"] = self.apply(mom, m.text_embedding, self.apply(mom, m.text_hidden, tokens))
-
-    # ITM: positives, each text with a hard negative image, each image with a hard
-    # negative text, through the fusion network.
-    scale = self.apply(params, m.logit_scale)
-    neg_text, neg_image = momentum_loss.matching_pairs(
-        feats["img"], feats["txt"], tokens, scale, self.draws(keys[1], tokens.shape[0]))
-    _, text_out = self.apply(params, m.fuse, jnp.concatenate([hidden, hidden, hidden[neg_text]]),
-                             jnp.concatenate([tokens, tokens, tokens[neg_text]]),
-                             jnp.concatenate([image_tokens, image_tokens[neg_image],
-                                              image_tokens]), dropout_rng=keys[2])
-    logits = self.apply(params, m.itm_logits, text_out).reshape(3, tokens.shape[0], 2)
-    feats["itm_nll"], feats["itm_correct"] = momentum_loss.itm_losses(logits)
-
-    mlm = self._mlm(params, mom, tokens, image_tokens, image_tokens_m, keys[3:6], state)
+    feats, tokens, image_tokens, hidden, image_tokens_m = self.aligned(
+        params, state["momentum"], batch, keys[0])
+    feats.update(self.matching(params, feats, tokens, hidden, image_tokens, keys[1:3]))
+    mlm = self.masked_lm(params, state, tokens, image_tokens, image_tokens_m, keys[3:6])
     prefix = self._prefix_lm(params, batch["tokens"], image_tokens, keys[6:9])
-    # The shared LM term is the mean of the two token means (FusionFamily.loss divides the
-    # summed nll by the summed count: each term's sums are scaled by 1 / (2 * its count)).
     for name, term in (("mlm", mlm), ("prefix_lm", prefix)):
       feats.update({f"{name}_nll": term["lm_nll_sum"], f"{name}_tokens": term["lm_tokens"],
                     f"{name}_correct": term["lm_correct"]})
     feats.update(self._mean_of_terms(mlm, prefix))
     return feats
-
-  def _mlm(self, params, mom, tokens, image_tokens, image_tokens_m, keys, state):
-    """ALBEF's MLM through the fusion network, distilled from the momentum model."""
-    m = self.module
-    masked, weights = masking.mask_tokens(keys[0], tokens, self.SPECIAL_IDS["mask"],
-                                          self.config.model.vocab_size,
-                                          tokenizer_lib.NEVER_MASKED, self.config.loss.mlm_prob)
-    _, text_out = self.apply(params, m.fuse,
-                             self.apply(params, m.text_hidden, masked, dropout_rng=keys[1]),
-                             masked, image_tokens, dropout_rng=keys[2])
-    _, text_out_m = self.apply(mom, m.fuse, self.apply(mom, m.text_hidden, masked), masked,
-                               image_tokens_m)
-    total, nll, correct = fusion.vocabulary_loss(
-        *self.apply(params, m.mlm_head_io, text_out), tokens, weights,
-        teacher=self.apply(mom, m.mlm_head_io, text_out_m), teacher_weight=self.alpha(state))
-    return self.lm_features(total, nll, correct, weights)
 
   def _prefix_lm(self, params, tokens, image_tokens, keys):
     """The decoder predicts each caption's continuation from its fused beginning."""
@@ -138,26 +104,14 @@ class MplugFamily(FusionFamily):
 
   @staticmethod
   def _mean_of_terms(mlm, prefix):
-    """lm_* features whose summed nll over summed count is the mean of the two terms' token
-    means (counts become 1 / 2 per term, spread over the rows by each term's tokens)."""
-    out = {}
+    """lm_* features whose summed nll over summed count (FusionFamily.loss) is the mean of
+    the two terms' token means: each term's sums are scaled by 1 / (2 * its token count),
+    and the counts sum to 1."""
     count = {n: jnp.maximum(jnp.sum(t["lm_tokens"]), 1.0) for n, t in
              (("mlm", mlm), ("prefix", prefix))}
     b = mlm["lm_tokens"].shape[0]
-    out["lm_nll_sum"] = (mlm["lm_nll_sum"] / (2 * count["mlm"]) +
-                         prefix["lm_nll_sum"] / (2 * count["prefix"]))
-    out["lm_correct"] = (mlm["lm_correct"] / (2 * count["mlm"]) +
-                         prefix["lm_correct"] / (2 * count["prefix"]))
-    out["lm_tokens"] = jnp.full((b,), 1.0 / b)
-    return out
-
-  def match(self, params, context, tokens):
-    m = self.module
-    tokens = self.prefixed(tokens, "cls")
-    _, text_out = self.apply(params, m.fuse, self.apply(params, m.text_hidden, tokens),
-                             tokens, context)
-    logits = self.apply(params, m.itm_logits, text_out)
-    return logits[:, 1] - logits[:, 0]
+    return {name: mlm[name] / (2 * count["mlm"]) + prefix[name] / (2 * count["prefix"])
+            for name in ("lm_nll_sum", "lm_correct")} | {"lm_tokens": jnp.full((b,), 1.0 / b)}
 
   # ---- generation: CoCa's KV-cached decoders over the fused context -----------------------
 

@@ -12,15 +12,10 @@ import jax.numpy as jnp
 from vlp_jax.models import fusion
 
 
-class Albef(fusion.AlignFuseModel):
-  fusion_depth: int = 6
-
-  def setup(self):
-    self.setup_shared()
-    self.text_layers = fusion.TextStack(self.text_depth, **self.text)
-    self.fusion_layers = fusion.TextStack(self.fusion_depth, cross_attention=True, **self.text)
-    self.mlm_head = fusion.VocabularyHead(self.vocab_size, self.text["activation"], self.tied,
-                                          dtype=self.dtype)
+class TextEncoderHeads:
+  """What ALBEF and mPLUG share over their own fusion: the text encoder (`text_layers`
+  under `embed`) with its contrastive embedding, and the ITM and MLM heads on the fused text
+  (a mixin of methods; the modules come from the subclass's setup)."""
 
   def text_hidden(self, tokens, deterministic=True):
     """The text encoder's outputs [B, L, W] ([CLS]-first tokens, padding masked)."""
@@ -33,13 +28,8 @@ class Albef(fusion.AlignFuseModel):
   def encode_text(self, tokens):
     return self.text_embedding(self.text_hidden(tokens))
 
-  def fuse(self, hidden, tokens, image_tokens, deterministic=True):
-    """Fusion layers over text outputs `hidden` of `tokens`, attending to `image_tokens`."""
-    return self.fusion_layers(hidden, fusion.padding_mask(tokens), image_tokens,
-                              deterministic=deterministic)
-
   def itm_logits(self, fused):
-    """[B, 2] (no match, match) logits of the fusion [CLS] output."""
+    """[B, 2] (no match, match) logits of the fused [CLS] output."""
     return self.itm_head(fused[:, 0]).astype(jnp.float32)
 
   def mlm_head_io(self, fused):
@@ -50,6 +40,22 @@ class Albef(fusion.AlignFuseModel):
   def mlm_logits(self, fused):
     """[B, L, V] (evaluation and tests; training uses the fused loss)."""
     return self.vocabulary_logits(*self.mlm_head_io(fused))
+
+
+class Albef(TextEncoderHeads, fusion.AlignFuseModel):
+  fusion_depth: int = 6
+
+  def setup(self):
+    self.setup_shared()
+    self.text_layers = fusion.TextStack(self.text_depth, **self.text)
+    self.fusion_layers = fusion.TextStack(self.fusion_depth, cross_attention=True, **self.text)
+    self.mlm_head = fusion.VocabularyHead(self.vocab_size, self.text["activation"], self.tied,
+                                          dtype=self.dtype)
+
+  def fuse(self, hidden, tokens, image_tokens, deterministic=True):
+    """Fusion layers over text outputs `hidden` of `tokens`, attending to `image_tokens`."""
+    return self.fusion_layers(hidden, fusion.padding_mask(tokens), image_tokens,
+                              deterministic=deterministic)
 
   def init_all(self, images, tokens):
     """Touches every parameter once (initialisation)."""

@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlp_jax.models import albef
 from vlp_jax.models import fusion
 from vlp_jax.models import layers
 
@@ -66,9 +67,9 @@ def context_mask(image, ids):
   return keys[:, None, None, :]
 
 
-class Mplug(fusion.AlignFuseModel):
-  """ITC on the unimodal [CLS] outputs; ITM and MLM on the fusion network's text outputs;
-  the prefix LM and answers from the decoder over the fusion outputs."""
+class Mplug(albef.TextEncoderHeads, fusion.AlignFuseModel):
+  """ITC on the unimodal [CLS] outputs; ITM and MLM on the fusion network's text outputs
+  (ALBEF's heads); the prefix LM and answers from the decoder over the fusion outputs."""
   fusion_s: int = 1
   fusion_n: int = 2
   decoder_depth: int = 2
@@ -96,20 +97,7 @@ class Mplug(fusion.AlignFuseModel):
     self.lm_head = fusion.VocabularyHead(self.vocab_size, text["activation"], self.tied,
                                          dtype=self.dtype)
 
-  # ---- unimodal encoders (ITC) --------------------------------------------------------------
-
-  def text_hidden(self, tokens, deterministic=True):
-    """The text encoder's outputs [B, L, W] ([CLS]-first tokens, padding masked)."""
-    x = self.embed(tokens, deterministic=deterministic)
-    return self.text_layers(x, fusion.padding_mask(tokens), deterministic=deterministic)
-
-  def text_embedding(self, hidden):
-    return fusion.normalize(self.text_proj(hidden[:, 0]))
-
-  def encode_text(self, tokens):
-    return self.text_embedding(self.text_hidden(tokens))
-
-  # ---- fusion (ITM, MLM) and the decoder's context ---------------------------------------
+  # ---- fusion (ITM, MLM) and the decoder's context ----------------------------------------
 
   def fuse(self, hidden, tokens, image_tokens, deterministic=True):
     """(image outputs [B, N, W], text outputs [B, T, W]) of the skip-connected network over
@@ -118,15 +106,6 @@ class Mplug(fusion.AlignFuseModel):
     if self.vision["width"] != self.text_width:
       image = self.image_to_text_ln(self.image_to_text(image))
     return self.fusion(image, hidden, tokens, deterministic=deterministic)
-
-  def itm_logits(self, text_out):
-    """[B, 2] (no match, match) logits of the fused [CLS] output."""
-    return self.itm_head(text_out[:, 0]).astype(jnp.float32)
-
-  def mlm_head_io(self, text_out):
-    """(head hidden [B, L, W], kernel [W, V], bias [V]): what the fused loss reads."""
-    kernel, bias = self.mlm_head.output(self.embed.token_embedding)
-    return self.mlm_head(text_out), kernel, bias
 
   def context(self, tokens, images, deterministic=True):
     """(decoder context [B, N + T, W], its mask) of [CLS]-first `tokens` about `images`."""
