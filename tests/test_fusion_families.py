@@ -9,7 +9,6 @@ import pytest
 from tests.helpers import random_batch, tiny_config
 from vlp_jax import families
 from vlp_jax.losses import momentum as momentum_loss
-from vlp_jax.models import blip as blip_model
 from vlp_jax.models import fusion
 from vlp_jax.parallel import mesh as mesh_lib
 from vlp_jax.parallel import sharding

@@ -18,7 +18,7 @@ from vlp_jax.evaluate import vqa as vqa_eval
 from vlp_jax.evaluate import vqa_metrics
 from vlp_jax.families import vqa
 from vlp_jax.parallel import mesh as mesh_lib
-from vlp_jax.train import init_from, loop
+from vlp_jax.train import fingerprint, init_from, loop
 
 B, LENGTH, ANSWER = 8, 24, 4
 SMALL = {"model.image_size": 32, "model.vision_width": 32, "model.text_width": 32,
@@ -168,10 +168,10 @@ def test_validation_names_the_field(overrides, field):
 
 
 def test_a_changed_vqa_field_is_a_different_run_but_candidates_are_evaluation():
-  base = loop.run_fingerprint(_config())
+  base = fingerprint.fingerprint(_config())
   for field, value in (("vqa.blind", True), ("vqa.answer_length", 5), ("vqa.family", "coca")):
-    assert loop.run_fingerprint(_config(**{field: value})) != base, field
-  assert loop.run_fingerprint(_config(**{"vqa.candidates": "train"})) == base
+    assert fingerprint.fingerprint(_config(**{field: value})) != base, field
+  assert fingerprint.fingerprint(_config(**{"vqa.candidates": "train"})) == base
 
 
 def test_a_family_that_cannot_answer_is_refused_naming_the_field(tok):

@@ -27,6 +27,8 @@ num_parallel_calls (the pipeline is deterministic), allow_outside_paths (a permi
 saved input position counts its rows of the global batches, so it points to other records
 under another batch size (train_iterator.global_positions). `train.accum_steps` is left
 out: it splits each global batch for memory and the records stay the same.
+From `vqa` (model.name='vqa'), what the fine-tuned model computes: the wrapped family, the
+answer length and the blind baseline; vqa.candidates only picks how evaluation answers.
 """
 
 import json
@@ -35,6 +37,7 @@ MODEL_EXCLUDED = ("dtype", "remat", "remat_policy", "logit_scale_init", "logit_b
                   "logit_scale_max", "init_from", "init_from_map")
 DATA_FIELDS = ("train", "tokenizer", "holdout_percent", "shuffle_buffer", "augment",
                "crop_min_scale", "shard_cycle", "image_key", "text_key")
+VQA_FIELDS = ("family", "answer_length", "blind")
 
 
 def fingerprint(config):
@@ -48,6 +51,7 @@ def fingerprint(config):
     else:
       fields[f"model.{k}"] = v
   fields.update({f"data.{k}": config.data[k] for k in DATA_FIELDS})
+  fields.update({f"vqa.{k}": config.vqa[k] for k in VQA_FIELDS})
   fields["seed"] = config.seed
   fields["train.batch_size"] = config.train.batch_size
   # Through JSON so a fresh value compares equal to one read back from a checkpoint.

@@ -32,7 +32,7 @@ FIELD = "model.init_from"
 MAP_FIELD = "model.init_from_map"
 
 
-def _split(spec):
+def split_run(spec):
   """(workdir, step or None) of WORKDIR[:STEP]."""
   head, sep, tail = spec.rpartition(":")
   if sep and tail.isdigit():
@@ -159,7 +159,7 @@ def _restore(manager, step, paths):
 
 def _read(run, map_spec, wanted, taken):
   """{this model's unrolled path: numpy array} from one run; `taken`: {path: run} so far."""
-  workdir, step = _split(run)
+  workdir, step = split_run(run)
   where, step, saved_flat, manager = _checkpoint_params(workdir, step)
   try:
     origins = stacking.origins(saved_flat)

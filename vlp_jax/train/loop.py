@@ -52,7 +52,7 @@ def setup(config, workdir, reading=False, allow_config_change=False):
   t = config.train
   checkpointer = checkpoint.Checkpointer(
       workdir, t.checkpoint_every, t.keep_checkpoints,
-      fingerprint=run_fingerprint(config), allow_config_change=allow_config_change,
+      fingerprint=fingerprint.fingerprint(config), allow_config_change=allow_config_change,
       read_only=reading)
   if reading and checkpointer.latest_step() is None:
     raise ValueError(f"No checkpoint in {checkpointer.directory}; train first "
@@ -73,18 +73,6 @@ def setup(config, workdir, reading=False, allow_config_change=False):
                sharding.named(mesh, specs), checkpointer)
 
 
-# The vqa group's fields that change what the model computes (vqa.candidates only picks
-# how the evaluation answers). train/fingerprint.py covers the other groups.
-VQA_FINGERPRINT = ("family", "answer_length", "blind")
-
-
-def run_fingerprint(config):
-  """fingerprint.fingerprint plus the vqa fields a checkpoint depends on."""
-  fields = fingerprint.fingerprint(config)
-  fields.update({f"vqa.{k}": config.vqa[k] for k in VQA_FINGERPRINT})
-  return dict(sorted(fields.items()))
-
-
 def inherit_tokenizer(config, workdir):
   """A run started from one other run's parameters (model.init_from) reads text as that
   run did: its tokenizer.model is copied into the new workdir (by process 0) when neither
@@ -95,7 +83,7 @@ def inherit_tokenizer(config, workdir):
   if config.data.tokenizer or len(runs) != 1 or tf.io.gfile.exists(target) or \
       tf.io.gfile.exists(os.path.join(workdir, "tokenizer")):
     return
-  run_dir, _ = init_from._split(runs[0].strip())  # pylint: disable=protected-access
+  run_dir, _ = init_from.split_run(runs[0].strip())
   source = os.path.join(run_dir, TOKENIZER_FILE)
   if tf.io.gfile.exists(source):
     logging.info("tokenizer of model.init_from: %s", source)
