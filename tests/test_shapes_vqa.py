@@ -5,6 +5,8 @@ import collections
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -221,3 +223,17 @@ def test_folder_without_usable_record_is_a_one_line_error(tmp_path):
   folder = _write(str(tmp_path / "one"), [_line("a.png")], {"a.png": np.zeros(1).tobytes()})
   with pytest.raises(ValueError, match=r"split 'test' \(50% holdout\)|not_an_image"):
     shapes_vqa.read_vqa_folder(folder, "test", holdout_percent=50)
+
+
+def test_questions_are_the_same_in_every_process():
+  """Two processes with different string hashing (PYTHONHASHSEED) write the same questions:
+  hosts that materialise builtin:shapes_vqa apart must agree."""
+  code = ("import hashlib, json; from vlp_jax.data import shapes_vqa; "
+          "exs = [(e['question'], e['answers'][0]) for e in shapes_vqa.examples('train', 400)]; "
+          "print(hashlib.md5(json.dumps(exs).encode()).hexdigest())")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONHASHSEED=str(seed)), text=True)
+           for seed in (1, 2)]
+  digests = [p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs]
+  assert digests[0] == digests[1]

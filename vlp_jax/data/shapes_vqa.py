@@ -166,7 +166,10 @@ def _pick(candidates, counts, rng):
   """One (answer, question): the rarest answer so far among those the scene offers, if it is
   within MARGIN of the type's rarest; ties and questions drawn at random. None: skip."""
   floor = min(counts.values())
-  offered = sorted({a for a, _ in candidates}, key=lambda a: (counts[a], rng.random()))
+  # The tie-breaking draws go to the answers in sorted order: a set's order follows the
+  # process's string hashing, which would make the questions differ between processes.
+  offered = sorted(sorted({a for a, _ in candidates}),
+                   key=lambda a: (counts[a], rng.random()))
   if not offered or counts[offered[0]] > floor + MARGIN:
     return None
   same = [c for c in candidates if c[0] == offered[0]]

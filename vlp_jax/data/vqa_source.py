@@ -20,7 +20,7 @@ from vlp_jax.data.tf_setup import tf
 # split -> (questions, most per scene): train spans builtin:shapes's 20,000 train scenes,
 # test about its first 1,000 test scenes (a few scenes give fewer than 3 questions).
 BUILTIN_SIZES = {"train": (60_000, 3), "test": (3_000, 3)}
-BUILTIN_VERSION = "1.1.0"  # bump when shapes_vqa's questions change: a new cache folder
+BUILTIN_VERSION = "1.2.0"  # bump when shapes_vqa's questions change: a new cache folder
 ANSWER_SEP = "\n"
 
 
