@@ -20,6 +20,22 @@ of the test questions (what answering by the prior alone scores); the blind base
 stay near it on colour questions, whose wording says nothing of the answer.
 
 Prints a Markdown table and writes W/vqa_experiment.json (also the last line).
+
+Result, 2026-12-02, `--families=mplug` and `--families=blip` run side by side into one W,
+2 cores shared with other jobs: pretraining mPLUG tiny 1,800 s (load 4-12), BLIP tiny
+about 780 s; fine-tuning stages 190-400 s each. One seed; questions of cache version 1.1.0
+(since 1.2.0 the same in every process; the priors moved by under 0.002):
+
+  | run | steps | color | shape | size | count | position | exists | all |
+  |---|---:|---:|---:|---:|---:|---:|---:|---:|
+  | mplug_vqa | 300 | 0.787 | 0.422 | 0.842 | 0.295 | 0.532 | 0.537 | 0.585 |
+  | mplug_blind | 300 | 0.166 | 0.279 | 0.498 | 0.245 | 0.520 | 0.531 | 0.383 |
+  | blip_vqa | 300 | 0.764 | 0.395 | 0.810 | 0.504 | 0.520 | 0.521 | 0.594 |
+  | blip_blind | 300 | 0.183 | 0.250 | 0.500 | 0.387 | 0.474 | 0.505 | 0.390 |
+  | answer prior (commonest answer) | - | 0.169 | 0.252 | 0.501 | 0.251 | 0.500 | 0.500 | - |
+
+  mplug_tiny at 600: itc_loss 3.365, itm_accuracy 0.938, mlm_accuracy 0.816,
+  prefix_lm_accuracy 0.836; blip_tiny: itc_loss 3.384, itm_accuracy 0.945, lm_accuracy 0.811.
 """
 import argparse
 import json
