@@ -1,4 +1,4 @@
-"""ALBEF, BLIP (and mPLUG in the train-step tests): losses against float64 references, queues and momentum against numpy,
+"""ALBEF and BLIP: losses against float64 references, queues and momentum against numpy,
 1 vs 8 devices, resume with half-full queues, causal masking and shared weights."""
 import flax.linen as nn
 import jax
@@ -19,8 +19,7 @@ QUEUE = 40  # batch 16: the queue is 16/40 full after one step and wraps in the 
 
 
 def _config(name, **overrides):
-  return tiny_config(**{"model.name": name, "model.fusion_depth": 1, "model.fusion_n": 1,
-                        "model.decoder_depth": 1, "loss.queue_size": QUEUE,
+  return tiny_config(**{"model.name": name, "model.fusion_depth": 1, "loss.queue_size": QUEUE,
                         "loss.distill_ramp_steps": 2, **overrides})
 
 
@@ -238,7 +237,7 @@ def _run(config, devices, steps, state=None, step_fn=None):
   return state, step_fn, history
 
 
-@pytest.fixture(scope="module", params=["albef", "blip", "mplug"])
+@pytest.fixture(scope="module", params=["albef", "blip"])
 def one_device(request):
   config = _config(request.param, **{"mesh.data": 1})
   state, step_fn, history = _run(config, jax.devices()[:1], range(3))
@@ -251,7 +250,7 @@ def test_eight_devices_match_one(one_device):
   state8, _, history8 = _run(eight, jax.devices(), range(3))
   for (_, _, m1), (_, _, m8) in zip(history, history8):
     for key in ("loss", "itc_loss", "itm_loss", "lm_loss" if "lm_loss" in m1 else "mlm_loss",
-                "itm_accuracy", *(k for k in ("mlm_loss", "prefix_lm_loss") if k in m1)):
+                "itm_accuracy"):
       np.testing.assert_allclose(m8[key], m1[key], rtol=2e-5, err_msg=key)
   scale = max(np.abs(x).max() for x in jax.tree.leaves(history[-1][1]))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * scale),

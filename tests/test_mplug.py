@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import random_batch, tiny_config
+from tests.test_train_step import assert_same, run_steps
 from vlp_jax import families
 from vlp_jax.losses import prefix_split
 from vlp_jax.models import mplug as mplug_model
@@ -15,7 +16,7 @@ from vlp_jax.models import mplug as mplug_model
 
 @pytest.fixture(scope="module")
 def mplug():
-  config = tiny_config(**{"model.name": "mplug", "loss.queue_size": 40, "model.fusion_s": 2,
+  config = tiny_config(**{"model.name": "mplug", "loss.queue_size": 40, "model.fusion_s": 1,
                           "model.fusion_n": 2, "model.decoder_depth": 1,
                           "model.context_length": 10})
   family = families.get_family(config, eos_id=1)
@@ -39,8 +40,8 @@ def _log_softmax64(logits):
 def test_fusion_layers_follow_fusion_s_and_fusion_n(mplug):
   _, _, params, _ = mplug
   assert sorted(params["fusion"]) == [
-      "block_0_asymmetric_0", "block_0_asymmetric_1", "block_0_connected",
-      "block_1_asymmetric_0", "block_1_asymmetric_1", "block_1_connected"]
+      "block_0_asymmetric_0", "block_0_connected", "block_1_asymmetric_0",
+      "block_1_connected"]
   assert "cross_attn" in params["fusion"]["block_0_asymmetric_0"]
   assert "cross_attn" not in params["fusion"]["block_0_connected"]
 
@@ -164,39 +165,24 @@ def test_context_mask_reads_every_image_token_and_the_unpadded_text():
                                 [[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
 
 
-def _vqa_steps(config, devices, steps=1):
-  """Loss per step and the final parameters of VQA fine-tuning steps on `devices`."""
-  from vlp_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from vlp_jax.train import optimizer, state as state_lib  # pylint: disable=g-import-not-at-top
-  from vlp_jax.train.step import make_train_step  # pylint: disable=g-import-not-at-top
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  family = families.get_family(config, eos_id=1)
-  tx, lr_fn = optimizer.make(config)
-  state, shardings = state_lib.create(family, tx, config.seed, mesh)
-  step_fn = make_train_step(family, tx, lr_fn, config, mesh, shardings)
-  losses = []
-  for seed in range(steps):
-    raw = random_batch(config, seed=seed)
-    answers = np.zeros((len(raw["tokens"]), config.vqa.answer_length), np.int32)
-    answers[:, 0] = raw["tokens"][:, 0]
-    answers[:, 1] = 1  # a one-piece answer and EOS
-    batch = {"image": raw["image"], "answer": answers,
-             "question": raw["tokens"][:, :family.question_length]}
-    state, metrics = step_fn(state, batch)
-    losses.append(float(metrics["loss"]))
-  return losses, jax.tree.map(np.asarray, state.params)
+def _vqa_batch(config, seed):
+  """A VQA batch: random_batch's images, its captions cut as questions, one-piece answers."""
+  raw = random_batch(config, seed=seed)
+  answers = np.zeros((len(raw["tokens"]), config.vqa.answer_length), np.int32)
+  answers[:, 0] = raw["tokens"][:, 0]
+  answers[:, 1] = 1  # EOS
+  length = config.model.context_length - config.vqa.answer_length
+  return {"image": raw["image"], "answer": answers, "question": raw["tokens"][:, :length]}
 
 
-def test_vqa_fine_tuning_of_mplug_on_eight_devices_matches_one():
-  """The answer loss (question through encoder and fusion, answer from the decoder, the
-  vocabulary loss packed per device) is the same step on 1 and on 2 x 4 devices."""
+def test_vqa_step_of_mplug_on_eight_devices_matches_one():
+  """mPLUG's question through encoder and fusion, the answer from the decoder over the
+  masked context, the vocabulary loss packed per device: the same step on 1 and on 2 x 4
+  devices. (ITC, ITM and MLM are ALBEF's code, run on 8 devices in test_fusion_families.)"""
   overrides = {"model.name": "vqa", "vqa.family": "mplug", "vqa.answer_length": 3,
                "loss.queue_size": 40, "model.fusion_n": 1, "model.decoder_depth": 1}
-  one, params_one = _vqa_steps(tiny_config(**overrides, **{"mesh.data": 1}),
-                               jax.devices()[:1])
-  eight, params_eight = _vqa_steps(tiny_config(**overrides, **{"mesh.data": 2, "mesh.fsdp": 4}),
-                                   jax.devices())
-  np.testing.assert_allclose(eight, one, rtol=2e-5)
-  scale = max(np.abs(x).max() for x in jax.tree.leaves(params_one))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * scale),
-               params_eight, params_one)
+  one = run_steps(tiny_config(**overrides, **{"mesh.data": 1}), jax.devices()[:1], 1,
+                  _vqa_batch)
+  eight = run_steps(tiny_config(**overrides, **{"mesh.data": 2, "mesh.fsdp": 4}),
+                    jax.devices(), 1, _vqa_batch)
+  assert_same(eight, one, rtol=2e-5)

@@ -11,8 +11,9 @@ from vlp_jax.train import optimizer, state as state_lib
 from vlp_jax.train.step import make_train_step
 
 
-def run_steps(config, devices, steps=2):
-  """Losses of `steps` steps and the final params (numpy), on a mesh over `devices`."""
+def run_steps(config, devices, steps=2, batch_fn=random_batch):
+  """Losses of `steps` steps and the final params (numpy), on a mesh over `devices`;
+  step i reads batch_fn(config, seed=i)."""
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   family = families.get_family(config, eos_id=1)
   tx, lr_fn = optimizer.make(config)
@@ -20,7 +21,7 @@ def run_steps(config, devices, steps=2):
   step_fn = make_train_step(family, tx, lr_fn, config, mesh, shardings)
   losses = []
   for i in range(steps):
-    state, metrics = step_fn(state, random_batch(config, seed=i))
+    state, metrics = step_fn(state, batch_fn(config, seed=i))
     losses.append(float(metrics["loss"]))
   return np.array(losses), jax.tree.map(np.asarray, state.params)
 
