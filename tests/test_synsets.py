@@ -50,6 +50,16 @@ def test_debian_files_become_an_nltk_corpus(tmp_path, monkeypatch):
   assert reader.synset("run.v.01").lexname() == "verb.motion"
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(synsets.DEBIAN_DIR, "index.sense")),
+                    reason=f"Debian's wordnet-sense-index is not installed ({synsets.DEBIAN_DIR})")
+def test_a_corpus_missing_a_required_file_is_built_again(tmp_path):
+  """A cache built before index.sense was required (nltk's reader opens it) is rebuilt."""
+  folder = synsets.prepare_debian_corpus(synsets.DEBIAN_DIR, str(tmp_path))
+  os.remove(os.path.join(folder, "index.sense"))
+  assert synsets.prepare_debian_corpus(synsets.DEBIAN_DIR, str(tmp_path)) == folder
+  assert os.path.isfile(os.path.join(folder, "index.sense"))
+
+
 CAPTIONS = [
     ("Two dogs and three geese.", ["dog.n.01", "goose.n.01"]),
     ("Men, mice & children", ["man.n.01", "mouse.n.01", "child.n.01"]),  # irregular plurals

@@ -34,13 +34,13 @@ CACHE_ENV = "VLP_JAX_NLTK_DATA"
 DEFAULT_CACHE = os.path.join("~", ".cache", "vlp_jax", "nltk_data")
 INSTALL_HINT = ("install WordNet: `python -m nltk.downloader wordnet` (needs internet; or set "
                 "NLTK_DATA to a folder holding corpora/wordnet), or `apt-get install "
-                "wordnet-base` (Debian/Ubuntu, files in /usr/share/wordnet)")
+                "wordnet-base wordnet-sense-index` (Debian/Ubuntu, files in /usr/share/wordnet)")
 
 # nltk opens these; Debian ships them all except `lexnames`.
+# nltk's reader opens index.sense when it loads (Debian: wordnet-sense-index).
 _REQUIRED = [f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")
-             ] + [f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")]
-_OPTIONAL = ["cntlist.rev", "cntlist", "index.sense", "frames.vrb", "sents.vrb",
-             "sentidx.vrb"]
+             ] + [f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")] + ["index.sense"]
+_OPTIONAL = ["cntlist.rev", "cntlist", "frames.vrb", "sents.vrb", "sentidx.vrb"]
 
 # lexnames(5WN) of WordNet 3.0: file number, lexicographer file, syntactic category
 # (1 noun, 2 verb, 3 adjective, 4 adverb). Fixed by the WordNet 3.0 database.
@@ -91,8 +91,12 @@ def prepare_debian_corpus(debian_dir, cache_dir):
   if not all(os.path.isfile(os.path.join(debian_dir, f)) for f in _REQUIRED):
     return None
   final = os.path.join(cache_dir, "corpora", "wordnet")
-  if os.path.isfile(os.path.join(final, "lexnames")):
+  complete = lambda: all(os.path.isfile(os.path.join(final, f))
+                         for f in _REQUIRED + ["lexnames"])
+  if complete():
     return final
+  if os.path.isdir(final):  # built before a file became required: built again
+    shutil.rmtree(final, ignore_errors=True)
   os.makedirs(os.path.dirname(final), exist_ok=True)
   tmp = f"{final}.{os.getpid()}.tmp"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -108,7 +112,7 @@ def prepare_debian_corpus(debian_dir, cache_dir):
     os.rename(tmp, final)
   except OSError:  # another process got there first
     shutil.rmtree(tmp, ignore_errors=True)
-    if not os.path.isfile(os.path.join(final, "lexnames")):
+    if not complete():
       raise
   return final
 
