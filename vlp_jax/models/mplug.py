@@ -49,8 +49,7 @@ class SkipConnectedFusion(nn.Module):
       text_layer = nn.remat(fusion.TextLayer, policy=layers.remat_policy(self.remat_policy))
     text_mask = fusion.padding_mask(ids)
     n = image.shape[1]
-    keys = jnp.concatenate([jnp.ones(image.shape[:2], bool), ids != fusion.PAD_ID], axis=1)
-    joint_mask = keys[:, None, None, :]
+    joint_mask = context_mask(image, ids)
     for block in range(self.num_blocks):
       for i in range(self.asymmetric_layers):
         text, _ = text_layer(cross_attention=True, name=f"block_{block}_asymmetric_{i}",
@@ -62,7 +61,8 @@ class SkipConnectedFusion(nn.Module):
 
 
 def context_mask(image, ids):
-  """[B, 1, 1, N + T] the decoder may read: every image token, the text's non-padding."""
+  """[B, 1, 1, N + T] keys of [image; text] that may be attended: every image token, the
+  text's non-padding (the connected layer's self-attention, the decoder's context)."""
   keys = jnp.concatenate([jnp.ones(image.shape[:2], bool), ids != fusion.PAD_ID], axis=1)
   return keys[:, None, None, :]
 
