@@ -13,6 +13,7 @@ Required (abstract; registering a class that lacks one fails naming it):
 
 Optional, with defaults that do nothing:
   check_config(config)            family-specific validation (ValueError naming the field)
+  check_tokenizer(tokenizer)      ValueError when the tokenizer lacks what the family reads
   prepare(workdir, reading)       run-level files (a label vocabulary) before the first batch
   init_state / update_state       non-trainable state (momentum weights, queues, EMAs)
   frozen(params)                  parameters with no gradient and no optimizer state
@@ -112,6 +113,11 @@ class Family(abc.ABC):
     """ValueError naming the field for values only this family cannot work with (called by
     config_lib.validate after the common checks)."""
     del config
+
+  def check_tokenizer(self, tokenizer):
+    """ValueError naming the tokenizer when it cannot serve this family (the fusion
+    families' special-symbol ids); called by host_batch, and by a wrapping family."""
+    del tokenizer
 
   def prepare(self, workdir, reading):
     """Run-level files the family needs before its first batch (CatLIP's label

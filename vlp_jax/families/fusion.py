@@ -74,12 +74,15 @@ class FusionFamily(base.Family):
 
   example_batch = ClipFamily.example_batch
 
-  def host_batch(self, raw, tokenizer):
+  def check_tokenizer(self, tokenizer):
     for name, expected in self.SPECIAL_IDS.items():
       if tokenizer.special_id(name) != expected:
         raise ValueError(f"Tokenizer {tokenizer.model_path!r} has {name} at id "
                          f"{tokenizer.special_id(name)}, not {expected}: {self.NAME} needs a "
                          f"tokenizer trained by vlp_jax (config.data.tokenizer)")
+
+  def host_batch(self, raw, tokenizer):
+    self.check_tokenizer(tokenizer)
     return ClipFamily.host_batch(self, raw, tokenizer)
 
   def init(self, rng, batch):

@@ -165,7 +165,7 @@ class VqaFamily(base.Family):
 
   def host_batch(self, raw, tokenizer):
     """Questions tokenised like captions; the answer of a row is its most frequent one."""
-    self.wrapped.host_batch(raw, tokenizer)  # the wrapped family's checks of the tokenizer
+    self.wrapped.check_tokenizer(tokenizer)
     eos = tokenizer.eos_id
     questions = tokenizer.encode([_text(q) for q in raw["caption"]])
     texts = [most_frequent(a) for a in raw["answers"]]
