@@ -9,6 +9,10 @@ Run `python -m vlp_jax.data.tokenizer --data=SPEC --vocab_size=N --out=PATH` to 
 ahead of a run and pass it as config.data.tokenizer.
 A Hugging Face GPT-2/OPT tokenizer folder (vocab.json, merges.txt) is read by bpe.py instead,
 with the same layout and ids one above Hugging Face's (0 stays padding).
+Imported text towers keep their own tokenizer and layout, named by a prefix:
+`clip_bpe:PATH` (OpenAI CLIP's BPE as open_clip encodes it, clip_bpe.py) and `spm:PATH`
+(a SentencePiece model as SigLIP uses it, spm_tokenizer.py). `open_tokenizer` reads any of
+these; `tokenizer_files` and `copy_tokenizer` tell an exporter what to carry along.
 """
 import argparse
 import io
@@ -17,7 +21,7 @@ import os
 import numpy as np
 import sentencepiece as spm
 
-from vlp_jax.data import bpe, token_layout
+from vlp_jax.data import bpe, clip_bpe, spm_tokenizer, token_layout
 from vlp_jax.data.tf_setup import tf
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
@@ -91,7 +95,11 @@ class Tokenizer:
     self.model_path = model_path
     self.context_length = context_length
     with tf.io.gfile.GFile(model_path, "rb") as f:  # local or gs:// paths
-      self.sp = spm.SentencePieceProcessor(model_proto=f.read())
+      proto = f.read()
+    try:
+      self.sp = spm.SentencePieceProcessor(model_proto=proto)
+    except (RuntimeError, OSError) as e:
+      raise ValueError(f"{model_path} is not a SentencePiece model ({e})") from None
     self.vocab_size = self.sp.get_piece_size()
     self.eos_id = self.sp.eos_id()
     if self.eos_id < 0:
@@ -150,12 +158,99 @@ class Tokenizer:
     return texts
 
 
+# config.data.tokenizer's prefixes -> the class that reads PATH (imported text towers').
+KINDS = {clip_bpe.KIND: clip_bpe.ClipBpeTokenizer,
+         spm_tokenizer.KIND: spm_tokenizer.SpmTokenizer}
+# Written by copy_tokenizer into a folder: the spec of the tokenizer there, relative to it.
+SPEC_FILE = "tokenizer_spec.txt"
+
+
+def split_spec(spec):
+  """(kind, path) of a tokenizer spec: kind "clip_bpe" or "spm", or "" for a plain path
+  (a SentencePiece model trained by vlp_jax, or a folder)."""
+  kind, sep, path = spec.partition(":")
+  if sep and kind in KINDS:
+    return kind, path
+  return "", spec
+
+
+def _exists(path):
+  return bool(path) and tf.io.gfile.exists(path)
+
+
+def open_tokenizer(spec, context_length):
+  """The tokenizer `spec` names: "clip_bpe:PATH", "spm:PATH", a SentencePiece model trained
+  by vlp_jax, a Hugging Face GPT-2/OPT folder (bpe.py), or a folder copy_tokenizer wrote
+  (its tokenizer_spec.txt names the kind). A missing or broken file is a one-line
+  ValueError naming it."""
+  kind, path = split_spec(spec)
+  if not _exists(path):
+    raise ValueError(f"{path!r} does not exist")
+  if kind:
+    return KINDS[kind](path, context_length)
+  if not tf.io.gfile.isdir(path):
+    return Tokenizer(path, context_length)
+  recorded = os.path.join(path, SPEC_FILE)
+  if tf.io.gfile.exists(recorded):
+    with tf.io.gfile.GFile(recorded, "r") as f:
+      kind, inner = split_spec(f.read().strip())
+    inner = path if inner in ("", ".") else os.path.join(path, inner)
+    if not _exists(inner) or (not kind and tf.io.gfile.isdir(inner)):
+      raise ValueError(f"{recorded} names {inner!r}, which is missing or not a file")
+    return KINDS[kind](inner, context_length) if kind else Tokenizer(inner, context_length)
+  for name in ("vocab.json", "merges.txt"):
+    if not tf.io.gfile.exists(os.path.join(path, name)):
+      raise ValueError(f"Tokenizer folder {path!r} has no {name} (nor {SPEC_FILE})")
+  return bpe.BpeTokenizer(path, context_length)
+
+
+def describe_tokenizer(tok):
+  """The spec that opens `tok` again (open_tokenizer, config.data.tokenizer), with an
+  absolute path for local files: "clip_bpe:/abs/bpe_simple_vocab_16e6.txt.gz"."""
+  path = tok.model_path if "://" in tok.model_path else os.path.abspath(tok.model_path)
+  kind = getattr(tok, "kind", "")
+  return f"{kind}:{path}" if kind else path
+
+
+def tokenizer_files(tok):
+  """The files that make up `tok`, the ones an export carries along."""
+  if hasattr(tok, "files"):  # clip_bpe, spm
+    return list(tok.files)
+  if isinstance(tok, bpe.BpeTokenizer):
+    names = ("vocab.json", "merges.txt") + bpe.CONFIG_FILES + ("config.json",)
+    files = [os.path.join(tok.model_path, name) for name in names]
+    return [f for f in files if tf.io.gfile.exists(f)]
+  return [tok.model_path]
+
+
+def copy_tokenizer(tok, folder):
+  """Copies tokenizer_files(tok) into `folder` and records there which kind they are
+  (tokenizer_spec.txt), so that `open_tokenizer(folder, context_length)` and a workdir's
+  tokenizer/ folder read the copy as `tok`. Returns `folder`."""
+  tf.io.gfile.makedirs(folder)
+  for file in tokenizer_files(tok):
+    tf.io.gfile.copy(file, os.path.join(folder, os.path.basename(file)), overwrite=True)
+  kind = getattr(tok, "kind", "")
+  if kind or not isinstance(tok, bpe.BpeTokenizer):  # a bare GPT-2/OPT folder needs none
+    inner = "." if tf.io.gfile.isdir(tok.model_path) else os.path.basename(tok.model_path)
+    with tf.io.gfile.GFile(os.path.join(folder, SPEC_FILE), "w") as f:
+      f.write(f"{kind}:{inner}\n" if kind else f"{inner}\n")
+  return folder
+
+
+def is_tokenizer_folder(path):
+  """True for a folder open_tokenizer reads: a Hugging Face BPE vocabulary, or a copy
+  copy_tokenizer wrote."""
+  return bpe.is_bpe_folder(path) or tf.io.gfile.exists(os.path.join(path, SPEC_FILE))
+
+
 def get_tokenizer(config, workdir, reading=False):
   """The tokenizer of config.data.tokenizer, else the workdir's, else (training only) one
   trained on data.train's captions by process 0 and read by every process.
 
-  A folder (config.data.tokenizer, or WORKDIR/tokenizer/ when there is no
-  WORKDIR/tokenizer.model) is a Hugging Face byte-level BPE vocabulary: bpe.BpeTokenizer.
+  config.data.tokenizer is any spec open_tokenizer reads. The workdir's is
+  WORKDIR/tokenizer.model, else the folder WORKDIR/tokenizer/ (an imported model's
+  vocabulary: a Hugging Face byte-level BPE folder, or a copy_tokenizer copy).
 
   `reading` (evaluation, captioning): a run is only ever read with the tokenizer it was
   trained with, so a missing one is an error, never a new one written into the workdir.
@@ -163,8 +258,8 @@ def get_tokenizer(config, workdir, reading=False):
   path = config.data.tokenizer
   folder = os.path.join(workdir, "tokenizer")
   if (not path and not tf.io.gfile.exists(os.path.join(workdir, "tokenizer.model")) and
-      bpe.is_bpe_folder(folder)):
-    path = folder  # an imported language model's vocabulary (models/import_hf_lm.py)
+      is_tokenizer_folder(folder)):
+    path = folder  # an imported model's vocabulary (models/import_hf_lm.py, exports)
   if not path:
     path = os.path.join(workdir, "tokenizer.model")
     if reading and not tf.io.gfile.exists(path):
@@ -172,16 +267,10 @@ def get_tokenizer(config, workdir, reading=False):
                        f"config.data.tokenizer if the run was trained with another file)")
     if not reading:
       _train_once(config, path)
-  elif not tf.io.gfile.exists(path):
-    raise ValueError(f"config.data.tokenizer={path!r} does not exist")
-  if tf.io.gfile.isdir(path):
-    for name in ("vocab.json", "merges.txt"):
-      if not tf.io.gfile.exists(os.path.join(path, name)):
-        raise ValueError(f"Tokenizer folder {path!r} (config.data.tokenizer="
-                         f"{config.data.tokenizer!r}) has no {name}")
-    tok = bpe.BpeTokenizer(path, config.model.context_length)
-  else:
-    tok = Tokenizer(path, config.model.context_length)
+  try:
+    tok = open_tokenizer(path, config.model.context_length)
+  except ValueError as e:
+    raise ValueError(f"config.data.tokenizer={config.data.tokenizer!r}: {e}") from None
   if tok.vocab_size > config.model.vocab_size:
     raise ValueError(
         f"Tokenizer {path!r} (config.data.tokenizer={config.data.tokenizer!r}) has "
