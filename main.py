@@ -4,6 +4,10 @@
   python main.py --config=configs/clip_b16.py --mode=describe --devices=256
   python main.py --config=configs/coca_base.py:variant=tiny --workdir=/tmp/coca --mode=caption
   python main.py --config=configs/clip_tiny.py:variant=... --config.train.steps=10
+  python main.py --mode=export --workdir=/tmp/coca --out=/tmp/coca_export
+
+--mode=eval|caption|export read the run's own config (WORKDIR/config.json) when --config is
+not given; --config.field=value overrides still apply.
 
 Every mode ends by printing one JSON object on its last line.
 """
@@ -18,20 +22,23 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path:arg.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the tokenizer go here.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "caption"], "What to do.")
-flags.DEFINE_integer("step", None, "--mode=eval|caption: the checkpoint step (default: latest).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "describe", "caption", "export"],
+                  "What to do.")
+flags.DEFINE_integer("step", None, "--mode=eval|caption|export: the checkpoint step "
+                     "(default: latest).")
+flags.DEFINE_string("out", None, "--mode=export: a new folder for the export.")
 flags.DEFINE_string("caption_data", None, "--mode=caption: a data spec or a folder of images "
                     "(default: data.eval).")
 flags.DEFINE_integer("devices", None, "--mode=describe: size the mesh for this many devices.")
 flags.DEFINE_bool("allow_config_change", False, "Resume or evaluate a checkpoint although "
                   "the config fields that shape the model or the data differ from its own.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of input errors.")
-flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
+READING_MODES = ("eval", "caption", "export")  # may take the run's own config
 
 
 def run(config, mode, workdir, step=None, devices=None, caption_data=None,
-        allow_config_change=False):
+        allow_config_change=False, out=None):
   if mode == "describe":
     from vlp_jax.train import describe  # pylint: disable=g-import-not-at-top
     return describe.describe(config, devices)
@@ -40,6 +47,11 @@ def run(config, mode, workdir, step=None, devices=None, caption_data=None,
   from vlp_jax.train import loop  # pylint: disable=g-import-not-at-top
   if mode == "eval":
     return loop.evaluate_checkpoint(config, workdir, step, allow_config_change)
+  if mode == "export":
+    if not out:
+      raise ValueError("--out is required for --mode=export")
+    from vlp_jax.train import export  # pylint: disable=g-import-not-at-top
+    return export.export(config, workdir, out, step, allow_config_change)
   if mode == "caption":
     from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
     return captioner.caption_checkpoint(config, workdir, step, caption_data,
@@ -121,7 +133,7 @@ def main(argv):
     mesh_lib.initialize_distributed()  # before anything touches the devices
   try:
     result = run(config, FLAGS.mode, FLAGS.workdir, FLAGS.step, FLAGS.devices,
-                 FLAGS.caption_data, FLAGS.allow_config_change)
+                 FLAGS.caption_data, FLAGS.allow_config_change, FLAGS.out)
   except ValueError as e:
     if FLAGS.debug:
       raise
@@ -132,9 +144,41 @@ def main(argv):
   print(json.dumps(strict_json(result), sort_keys=True, allow_nan=False), flush=True)
 
 
+def _flag_value(argv, name):
+  """The last value of --name=V or --name V in argv, or None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def with_run_config(argv):
+  """argv with `--config=<vlp_jax/run_config.py>:WORKDIR` first when a reading mode names a
+  workdir but no --config (before any --config.field override, as config_flags needs)."""
+  if any(a.startswith("--config=") or a in ("--config", "-h", "--help", "--helpfull")
+         for a in argv):
+    return argv
+  workdir = _flag_value(argv, "workdir")
+  if _flag_value(argv, "mode") not in READING_MODES or not workdir:
+    print("error: --config is required (--mode=eval|caption|export may instead read the run's "
+          "own config from --workdir)", file=sys.stderr)
+    sys.exit(2)
+  from vlp_jax import run_config  # pylint: disable=g-import-not-at-top
+  try:
+    run_config.read(workdir)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  return argv[:1] + [f"--config={run_config.__file__}:{workdir}"] + argv[1:]
+
+
 def parse_flags(argv):
   """absl's parser, but a mistyped `--config.a.b=v`, a bad flag or a config file that is
   missing, broken or raises ends with one line (status 2)."""
+  argv = with_run_config(argv)
   config_args = [a for a in argv if a.startswith("--config=")]
   config_path = config_args[-1][len("--config="):] if config_args else ""
   try:

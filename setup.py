@@ -17,6 +17,11 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
     "pillow>=10",  # image checks and image-folder inputs
     "nltk>=3.10.4,<3.11",  # WordNet for CatLIP's synset labels (data from NLTK or Debian)
+    # Weights and tokenizers of released models (models/import_*.py, data/clip_bpe.py):
+    # safetensors is the format HF and open_clip publish in; tokenizers is HF's maintained
+    # BPE implementation (CLIP's vocabulary), faster than a Python loop and tested by them.
+    "safetensors>=0.8,<1",
+    "tokenizers>=0.23,<0.24",
 ]
 
 setuptools.setup(
@@ -34,7 +39,6 @@ setuptools.setup(
         # build of torch 2.13.0 that pip finds first on a machine with the CPU wheel).
         # transformers + safetensors: the reference implementation and checkpoint format of
         # HF-released models (models/import_hf_blip.py and its parity tests).
-        "bench": ["torch==2.13.0", "open_clip_torch==3.3.0", "transformers>=5.24,<6",
-                  "safetensors>=0.8,<1"],
+        "bench": ["torch==2.13.0", "open_clip_torch==3.3.0", "transformers>=5.24,<6"],
     },
 )

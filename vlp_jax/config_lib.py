@@ -4,6 +4,7 @@ Every config file builds on `base_config()` and changes only what differs, so th
 fields is known in one place: a field that is not here is a typo, and `validate` rejects it
 before anything is compiled.
 """
+import json
 import math
 
 import ml_collections
@@ -21,6 +22,8 @@ NONFINITE = ("stop", "skip")
 WEIGHT_DECAY_MODES = ("decoupled", "lr_coupled")  # train/optimizer.py
 EVAL_RESIZES = ("crop", "squash")
 BCE_REDUCTIONS = ("batch_mean", "mean")  # losses/multilabel.py REDUCTIONS
+EXPORT_FORMATS = ("vlp", "open_clip")  # train/export.py
+EXPORT_DTYPES = ("float32", "bfloat16")
 
 
 def parse_arg(arg, **defaults):
@@ -83,7 +86,20 @@ def base_config():
   # tower; only for the families that read tokens, BLIP-2 and prefix captioning)
   c.model.image_pool = "cls"
   c.model.text_causal = True
-  c.model.text_pool = "eos"  # eos: at the end-of-text token (CLIP); last: last position
+  # eos: at the end-of-text token (CLIP); last: last position (SigLIP); argmax: at the row's
+  # largest id (HF CLIP configs with eos_token_id 2, models/import_hf_clip.py)
+  c.model.text_pool = "eos"
+  # Pieces HF checkpoints have or lack (models/import_hf_clip.py; defaults: OpenAI CLIP's):
+  # the epsilon of the CLIP/SigLIP towers' LayerNorms (HF SigLIP: 1e-6), a bias on the
+  # patch projection (SigLIP), the LayerNorm before the image encoder (CLIP's ln_pre;
+  # SigLIP has none), the image projection (False: the pooled image is the embedding, as
+  # HF SigLIP's MAP head output; needs embed_dim == vision_width), a bias on the text
+  # projection (SigLIP's text head).
+  c.model.layer_norm_eps = 1e-5
+  c.model.vision_patch_bias = False
+  c.model.vision_pre_norm = True
+  c.model.vision_proj = True
+  c.model.text_proj_bias = False
   c.model.logit_scale_init = 1 / 0.07  # SigLIP: 10
   c.model.logit_scale_max = 100.0  # 0: no cap (SigLIP)
   c.model.logit_bias_init = -10.0  # SigLIP only
@@ -253,6 +269,33 @@ def base_config():
   # "": answers generated greedily; "train": ranked over every distinct answer of data.train
   # (WORKDIR/answers.txt); else a text file, one answer per line.
   c.vqa.candidates = ""
+
+  c.export = ConfigDict()  # --mode=export (train/export.py)
+  c.export.format = "vlp"  # vlp: orbax parameters + config + tokenizer; open_clip: a state dict
+  c.export.dtype = "float32"  # float32 or bfloat16: the floating parameters as written
+  c.export.family_state = False  # also the family's state (momentum copies, queues)
+  return c
+
+
+def to_json(config):
+  """The resolved config as JSON (every field is a number, string or bool)."""
+  return config.to_json(indent=2, sort_keys=True)
+
+
+def from_json(text):
+  """A config from `to_json`'s text: base_config updated field by field, so a field this
+  version does not know is a one-line error and fields added since take their defaults."""
+  c = base_config()
+
+  def merge(target, values, prefix):
+    for key, value in values.items():
+      if key not in target:
+        raise ValueError(f"Unknown config field {prefix + key!r} in the saved config")
+      if isinstance(target[key], ConfigDict):
+        merge(target[key], value, f"{prefix}{key}.")
+      else:
+        target[key] = value
+  merge(c, json.loads(text), "")
   return c
 
 
@@ -319,7 +362,14 @@ def validate(config):
              f"{width} is not divisible by model.{tower}_heads={heads}")
   _require(m.image_pool in ("cls", "map", "none"), "model.image_pool",
            f"{m.image_pool!r} is not cls, map or none")
-  _require(m.text_pool in ("eos", "last"), "model.text_pool", f"{m.text_pool!r} is not eos or last")
+  _require(m.text_pool in ("eos", "last", "argmax"), "model.text_pool",
+           f"{m.text_pool!r} is not eos, last or argmax")
+  _finite_in(m.layer_norm_eps, "model.layer_norm_eps", 0, None, low_open=True)
+  for field in ("vision_patch_bias", "vision_pre_norm", "vision_proj", "text_proj_bias"):
+    _require(isinstance(m[field], bool), f"model.{field}", f"{m[field]!r} is not True or False")
+  _require(m.vision_proj or m.embed_dim == m.vision_width, "model.vision_proj",
+           f"False needs model.embed_dim == model.vision_width, got {m.embed_dim} and "
+           f"{m.vision_width}")
   for field, value in (("model.activation", m.activation), ("model.lm.activation",
                                                            m.lm.activation)):
     _require(value in ACTIVATIONS, field, f"{value!r} is not one of {ACTIVATIONS}")
@@ -417,6 +467,7 @@ def validate(config):
   _require(config.eval.itm_top_k >= 1, "eval.itm_top_k",
            f"must be >= 1, got {config.eval.itm_top_k}")
   _check_vqa(config, names)
+  _check_export(config)
   if d.probe:
     from vlp_jax.evaluate import probe  # pylint: disable=g-import-not-at-top
     try:
@@ -429,6 +480,12 @@ def validate(config):
     size = config.mesh[axis]
     _require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 or >= 1, got {size}")
   return config
+
+
+def _check_export(config):
+  e = config.export
+  _require(e.format in EXPORT_FORMATS, "export.format", f"{e.format!r} is not one of {EXPORT_FORMATS}")
+  _require(e.dtype in EXPORT_DTYPES, "export.dtype", f"{e.dtype!r} is not one of {EXPORT_DTYPES}")
 
 
 def _check_vqa(config, names):

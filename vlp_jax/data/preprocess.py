@@ -89,7 +89,12 @@ def resize_crop(image, size):
 def eval_image(image_bytes, size, resize_mode="crop"):
   """uint8 [size, size, 3] for evaluation: a quarter of float32's host memory; normalised
   on device (normalize_on_device). resize_mode: crop (CLIP) or squash (aspect ignored)."""
-  image = decode(image_bytes)
+  return eval_array(decode(image_bytes), size, resize_mode)
+
+
+def eval_array(image, size, resize_mode="crop"):
+  """`eval_image` of a decoded image [H, W, 3] (the Python API's arrays)."""
+  image = tf.convert_to_tensor(image)
   if resize_mode == "crop":
     image = resize_crop(image, size)
   elif resize_mode == "squash":

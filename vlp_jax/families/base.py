@@ -15,6 +15,7 @@ Optional, with defaults that do nothing:
   check_config(config)            family-specific validation (ValueError naming the field)
   check_tokenizer(tokenizer)      ValueError when the tokenizer lacks what the family reads
   prepare(workdir, reading)       run-level files (a label vocabulary) before the first batch
+  run_files(workdir)              those files, which an export copies beside the parameters
   init_state / update_state       non-trainable state (momentum weights, queues, EMAs)
   frozen(params)                  parameters with no gradient and no optimizer state
   constrain(params)               a projection after each update (CLIP's logit clamp)
@@ -124,6 +125,13 @@ class Family(abc.ABC):
     vocabulary), made or read in workdir like the tokenizer; `reading`: evaluation of an
     existing run, which must write nothing. Called once by train/loop.py's setup."""
     del workdir, reading
+
+  def run_files(self, workdir):
+    """{name: path} of the files `prepare` reads: train/export.py copies each to
+    EXPORT/name, where prepare(EXPORT, reading=True) must find it (the export's config
+    has data.synsets and data.tokenizer cleared)."""
+    del workdir
+    return {}
 
   def init_state(self, params):
     """Non-trainable state (a pytree of arrays boxed with logical axis names, or None),

@@ -70,6 +70,9 @@ class CatlipFamily(base.Family):
   def prepare(self, workdir, reading):
     self.vocabulary = prepare_vocabulary(self.config, workdir, reading)
 
+  def run_files(self, workdir):
+    return {VOCABULARY_FILE: vocabulary_path(self.config, workdir)}
+
   def example_batch(self, batch_size):
     m = self.config.model
     return {

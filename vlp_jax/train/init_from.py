@@ -3,7 +3,10 @@ image encoder and Q-Former from stage 1, its language model from an LM run; a CL
 tower under a new head).
 
 `model.init_from = "WORKDIR[:STEP];WORKDIR[:STEP]..."` (default step: the latest) names the
-runs; `model.init_from_map = "MAP;MAP..."` pairs one map with each, by position, each map
+runs, each a run's workdir (also written vlp:WORKDIR), an export (export:DIR,
+train/export.py) or a PyTorch-world checkpoint converted on the fly: open_clip:FILE (OpenAI
+or open_clip CLIP; the heads and activation come from this config) or hf:DIR (a
+transformers CLIP or SigLIP folder); `model.init_from_map = "MAP;MAP..."` pairs one map with each, by position, each map
 `this/path:checkpoint/path,...` mapping parameter path prefixes of this model to that
 checkpoint's ('/'-separated, under `params`). An empty map (or an empty `init_from_map`):
 every parameter whose path and shape match. A parameter chosen from two runs is an error.
@@ -30,6 +33,8 @@ from vlp_jax.models import stacking
 
 FIELD = "model.init_from"
 MAP_FIELD = "model.init_from_map"
+RUN_SCHEMES = ("vlp", "export")  # orbax checkpoints: a run's workdir, an export's folder
+IMPORTED = ("open_clip", "hf")  # converted by models/import_open_clip.py, import_hf_clip.py
 
 
 def split_run(spec):
@@ -157,32 +162,87 @@ def _restore(manager, step, paths):
   return flax.traverse_util.flatten_dict(dict(restored["params"]))
 
 
-def _read(run, map_spec, wanted, taken):
-  """{this model's unrolled path: numpy array} from one run; `taken`: {path: run} so far."""
+def _checkpoint_source(run):
+  """(where, {unrolled path: shape}, read(unrolled paths) -> {path: numpy}) of a run's or an
+  export's checkpoint."""
   workdir, step = split_run(run)
   where, step, saved_flat, manager = _checkpoint_params(workdir, step)
+  origins = stacking.origins(saved_flat)
+  saved = {p: tuple(x.shape) for p, x in stacking.unrolled(saved_flat).items()}
+
+  def read(paths):
+    try:
+      values = _restore(manager, step, sorted({origins[p][0] for p in paths}))
+    finally:
+      manager.close()
+    return {p: np.asarray(values[origins[p][0]] if origins[p][1] is None
+                          else values[origins[p][0]][origins[p][1]]) for p in paths}
+  return where, saved, read, manager.close
+
+
+def _imported_source(kind, path, config_model):
+  """The same for a PyTorch-world checkpoint, converted whole in host memory."""
+  if not config_model:
+    raise ValueError(f"Config field {FIELD!r}: {kind}:{path} needs the model config")
+  if kind == "open_clip":
+    from vlp_jax.models import import_open_clip as importer  # pylint: disable=g-import-not-at-top
+    m = config_model
+    state_dict = importer.load_state_dict(path)
+    fields = importer.config_from_state_dict(
+        state_dict, m.vision_width // m.vision_heads, m.text_width // m.text_heads, m.activation)
+    params = importer.clip_params(state_dict, fields, scan=False)
+  else:
+    from vlp_jax.models import import_hf_clip as importer  # pylint: disable=g-import-not-at-top
+    params = importer.params_from_hf(path, importer.config_from_hf(path), scan=False)
+  layers = stacking.unrolled(flax.traverse_util.flatten_dict(params))
+  saved = {p: tuple(np.shape(x)) for p, x in layers.items()}
+  return f"{kind}:{path}", saved, lambda paths: {p: np.asarray(layers[p]) for p in paths}, \
+      lambda: None
+
+
+def source_of(run, config_model=None):
+  """`_checkpoint_source` or `_imported_source` of one run of model.init_from: WORKDIR[:STEP],
+  vlp:WORKDIR[:STEP], export:DIR, open_clip:FILE or hf:DIR."""
+  kind, sep, rest = run.partition(":")
+  if sep and kind in IMPORTED:
+    return _imported_source(kind, rest, config_model)
+  if sep and kind in RUN_SCHEMES:
+    run = rest
+  return _checkpoint_source(run)
+
+
+def scheme_path(run):
+  """(scheme or "vlp", path) of one run of model.init_from, without the step."""
+  kind, sep, rest = run.partition(":")
+  if sep and kind in IMPORTED + RUN_SCHEMES:
+    return kind, split_run(rest)[0] if kind in RUN_SCHEMES else rest
+  return "vlp", split_run(run)[0]
+
+
+def _read(run, map_spec, wanted, taken, config_model=None):
+  """{this model's unrolled path: numpy array} from one run; `taken`: {path: run} so far."""
+  where, saved, read, close = source_of(run, config_model)
   try:
-    origins = stacking.origins(saved_flat)
-    saved = {p: tuple(x.shape) for p, x in stacking.unrolled(saved_flat).items()}
     chosen = plan(map_spec, wanted, saved, where)
     for dst in sorted(chosen):
       if dst in taken:
         raise ValueError(f"Config field {MAP_FIELD!r}: {_name(dst)} is chosen from both "
                          f"{taken[dst]} and {run}")
-    values = _restore(manager, step, sorted({origins[src][0] for src in chosen.values()}))
-  finally:
-    manager.close()
+  except ValueError:
+    close()
+    raise
+  values = read(sorted(set(chosen.values())))
   out = {}
   for dst, src in chosen.items():
-    path, i = origins[src]
-    out[dst] = np.asarray(values[path] if i is None else values[path][i])
+    out[dst] = values[src]
     taken[dst] = run
   return out
 
 
-def load(spec, map_spec, abstract_params):
+def load(spec, map_spec, abstract_params, config_model=None):
   """{param path tuple in this model's layout: numpy array} for state.create, or None when
-  `spec` is empty."""
+  `spec` is empty. `config_model` (config.model) tells the open_clip importer the heads and
+  activation, which its weights do not show."""
   if not spec:
     return None
   abstract = {p: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype) for p, x in
@@ -190,7 +250,7 @@ def load(spec, map_spec, abstract_params):
   wanted = {p: tuple(x.shape) for p, x in stacking.unrolled(abstract).items()}
   layers, taken = {}, {}
   for run, run_map in _runs(spec, map_spec):
-    layers.update(_read(run, run_map, wanted, taken))
+    layers.update(_read(run, run_map, wanted, taken, config_model))
   loaded = stacking.to_layout(layers, abstract)
   for path in abstract:
     parts = stacking.layers_of(path, abstract)

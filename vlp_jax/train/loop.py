@@ -14,7 +14,7 @@ import jax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from vlp_jax import config_lib, data, families
+from vlp_jax import config_lib, data, families, run_config
 from vlp_jax.data.tf_setup import tf
 from vlp_jax.evaluate import probe, runner, vqa
 from vlp_jax.parallel import mesh as mesh_lib
@@ -23,6 +23,7 @@ from vlp_jax.train import checkpoint, fingerprint, init_from, optimizer, state a
 from vlp_jax.train.step import make_train_step
 
 TOKENIZER_FILE = "tokenizer.model"  # data/tokenizer.py: a run's own tokenizer
+CONFIG_FILE = run_config.CONFIG_FILE  # the config of the run's latest start
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ def setup(config, workdir, reading=False, allow_config_change=False):
   if not reading:
     tf.io.gfile.makedirs(workdir)
     use_compile_cache(config, workdir)
+    write_config(config, workdir)
   tokenizer = None
   if families.FAMILIES[config.model.name].USES_TOKENIZER:
     if not reading:
@@ -73,21 +75,53 @@ def setup(config, workdir, reading=False, allow_config_change=False):
                sharding.named(mesh, specs), checkpointer)
 
 
+def write_config(config, workdir):
+  """WORKDIR/config.json, by process 0: what `--mode=export` and `vlp_jax.load` read when no
+  --config is given. Rewritten at each start (a resumed run may change training fields)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(config_lib.to_json(config))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
 def inherit_tokenizer(config, workdir):
   """A run started from one other run's parameters (model.init_from) reads text as that
-  run did: its tokenizer.model is copied into the new workdir (by process 0) when neither
-  data.tokenizer nor the workdir names one, rather than a new one being trained on this
-  run's data, whose ids would not match the restored token embeddings."""
-  runs = [run for run in config.model.init_from.split(";") if run.strip()]
-  target = os.path.join(workdir, TOKENIZER_FILE)
-  if config.data.tokenizer or len(runs) != 1 or tf.io.gfile.exists(target) or \
-      tf.io.gfile.exists(os.path.join(workdir, "tokenizer")):
+  run did: its tokenizer (tokenizer.model, or a tokenizer/ folder) is copied into the new
+  workdir (by process 0) when neither data.tokenizer nor the workdir names one, rather than
+  a new one being trained on this run's data, whose ids would not match the restored token
+  embeddings. A whole model imported from open_clip or HF needs data.tokenizer: its
+  vocabulary is not ours to guess."""
+  runs = [run.strip() for run in config.model.init_from.split(";") if run.strip()]
+  if config.data.tokenizer or len(runs) != 1 or tf.io.gfile.exists(
+      os.path.join(workdir, TOKENIZER_FILE)) or tf.io.gfile.exists(
+          os.path.join(workdir, "tokenizer")):
     return
-  run_dir, _ = init_from.split_run(runs[0].strip())
-  source = os.path.join(run_dir, TOKENIZER_FILE)
-  if tf.io.gfile.exists(source):
-    logging.info("tokenizer of model.init_from: %s", source)
-    mesh_lib.write_once(target, lambda: tf.io.gfile.copy(source, target), "tokenizer")
+  kind, run_dir = init_from.scheme_path(runs[0])
+  if kind in init_from.IMPORTED:
+    if not config.model.init_from_map.strip():
+      raise ValueError(f"Config field 'data.tokenizer' is empty, but model.init_from="
+                       f"{runs[0]} imports a whole model with its own vocabulary: set "
+                       f"data.tokenizer=clip_bpe:PATH (CLIP) or spm:PATH (SigLIP)")
+    return
+  for name in (TOKENIZER_FILE, "tokenizer"):
+    source, target = os.path.join(run_dir, name), os.path.join(workdir, name)
+    if tf.io.gfile.exists(source):
+      logging.info("tokenizer of model.init_from: %s", source)
+      mesh_lib.write_once(target, lambda s=source, t=target: copy_file(s, t), "tokenizer")
+      return
+
+
+def copy_file(source, target):
+  """A file, or a folder's files (a BPE vocabulary), from one run to another."""
+  if not tf.io.gfile.isdir(source):
+    tf.io.gfile.copy(source, target)
+    return
+  tf.io.gfile.makedirs(target)
+  for child in tf.io.gfile.listdir(source):
+    tf.io.gfile.copy(os.path.join(source, child), os.path.join(target, child))
 
 
 def check_workdir(workdir, reading):
@@ -263,7 +297,8 @@ def train(config, workdir, allow_config_change=False):
   c = config
   restored = s.checkpointer.restore(s.abstract_state, s.shardings)
   if restored is None:
-    loaded = init_from.load(c.model.init_from, c.model.init_from_map, s.abstract_state.params)
+    loaded = init_from.load(c.model.init_from, c.model.init_from_map, s.abstract_state.params,
+                            c.model)
     if loaded is not None:
       logging.info("init_from %s: %s", c.model.init_from, init_from.summary(loaded))
     state, _ = state_lib.create(s.family, s.tx, c.seed, s.mesh, loaded)

@@ -16,14 +16,18 @@ def refuse_existing(out):
     raise ValueError(f"--out={out} exists and is not empty: nothing is overwritten")
 
 
-def write(out, params):
-  """Saves `params` (nested dicts of numpy arrays) as step 0 of out/checkpoints."""
+def write(out, params, step=0, family_state=None):
+  """Saves `params` (nested dicts of numpy or jax arrays; sharded ones are written by each
+  host) as `step` of out/checkpoints, with the family state when given (an export's)."""
+  item = {"params": params}
+  if family_state is not None:
+    item["family_state"] = family_state
   out = os.path.abspath(out)
   os.makedirs(out, exist_ok=True)
   manager = ocp.CheckpointManager(
       os.path.join(out, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(create=True))
-  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(item)))
   manager.wait_until_finished()
   manager.close()
   return out

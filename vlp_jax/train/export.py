@@ -1,0 +1,143 @@
+"""`--mode=export`: a trained run's parameters as a folder that stands on its own.
+
+  python main.py --mode=export --workdir=RUN --out=DIR [--step=N] [--config.export.dtype=bfloat16]
+
+DIR holds what `vlp_jax.load(DIR)` and `model.init_from=export:DIR` read, and nothing of
+training (no optimizer state, input positions or RNG):
+  checkpoints/<step>/  orbax, item `state` = {"params": ...} (+ "family_state" with
+                       export.family_state: momentum copies, queues), the layout of
+                       train/weights_dir.py, so an export is read wherever a run is
+  config.json          the run's config in the canonical layout (model.scan=False), with
+                       nothing that points outside DIR (init_from, data.tokenizer)
+  tokenizer files      as a run's workdir names them (data/tokenizer.py reads them there)
+  family files         what the family's `prepare` reads (CatLIP's synsets.txt)
+  manifest.json        family, step, parameter count, dtype, source run
+
+Parameters come out unrolled (`block_0`, `block_1`, ... as model.scan=False holds them),
+whatever layout the run trained with: the conversion is one jit on the run's own mesh, its
+outputs sharded as the canonical model's, and orbax writes each host's shards; nothing is
+gathered on one host. `export.format=open_clip` writes open_clip's files instead
+(models/export_open_clip.py), from parameters gathered on the host: CLIPs are small.
+"""
+import datetime
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from vlp_jax import config_lib, families
+from vlp_jax.data.tf_setup import tf
+from vlp_jax.models import stacking
+from vlp_jax.parallel import sharding
+from vlp_jax.train import loop, state as state_lib, weights_dir
+
+MANIFEST = "manifest.json"
+FORMAT = "vlp_jax.export/1"
+
+
+def canonical_config(config):
+  """The config an export records: the unrolled layout and no paths outside the export."""
+  c = config.copy_and_resolve_references()
+  c.model.scan = False
+  c.model.init_from = c.model.init_from_map = ""
+  c.data.tokenizer = ""  # copied into the export under a workdir's name
+  c.data.synsets = ""  # the same for CatLIP's vocabulary (Family.run_files)
+  return c
+
+
+def is_export(path):
+  return tf.io.gfile.exists(os.path.join(path, MANIFEST))
+
+
+def _flat(tree):
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+
+
+def rearrange(tree, abstract, dtype=None):
+  """`tree` (any layer layout) in `abstract`'s layout, floating leaves cast to `dtype`;
+  traceable, so it runs inside jit on sharded arrays. ValueError naming a missing path."""
+  layers = stacking.unrolled(_flat(tree))
+  target = _flat(abstract)
+  out = stacking.to_layout(layers, target)
+  missing = sorted(set(target) - set(out))
+  if missing:
+    raise ValueError(f"The checkpoint has no {'/'.join(missing[0])} (and {len(missing) - 1} "
+                     f"more parameters of this model)")
+  cast = lambda x: x.astype(dtype) if dtype and jnp.issubdtype(x.dtype, jnp.floating) else x
+  return flax.traverse_util.unflatten_dict({p: cast(v) for p, v in out.items()})
+
+
+def export(config, workdir, out, step=None, allow_config_change=False):
+  """Writes the export of `workdir`'s checkpoint (latest or `step`) to the new folder `out`;
+  returns the manifest."""
+  config_lib.validate(config)
+  weights_dir.refuse_existing(out)  # checked before anything is read: nothing is overwritten
+  s, state = loop.restore_for_reading(config, workdir, step, allow_config_change)
+  s.checkpointer.close()
+  step = int(state.step)
+  e = config.export
+  if e.format == "open_clip":
+    return _open_clip(config, s, state, out, step)
+  canonical = canonical_config(config)
+  family = families.get_family(canonical, s.family.eos_id)
+  abstract, specs = state_lib.abstract_state(family, s.tx, canonical.seed, s.mesh.shape)
+  item, target, shardings = {"params": state.params}, {"params": abstract.params}, \
+      {"params": specs.params}
+  if e.family_state and state.family_state is not None:
+    item["family_state"] = state.family_state
+    target["family_state"] = abstract.family_state
+    shardings["family_state"] = specs.family_state
+  dtype = jnp.dtype(e.dtype)
+  convert = jax.jit(lambda tree: {k: rearrange(v, target[k], dtype) for k, v in tree.items()},
+                    out_shardings=sharding.named(s.mesh, shardings))
+  with sharding.rules_context(), jax.set_mesh(s.mesh):
+    item = convert(item)
+  out = weights_dir.write(out, item["params"], step, item.get("family_state"))
+  primary = jax.process_index() == 0
+  manifest = dict(
+      format=FORMAT, family=config.model.name, step=step, dtype=e.dtype,
+      parameters=int(sum(np.prod(x.shape) for x in jax.tree.leaves(item["params"]))),
+      family_state="family_state" in item, source=os.path.abspath(workdir),
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+  if primary:
+    _copy_run_files(s, workdir, out)
+    _write_text(os.path.join(out, loop.CONFIG_FILE), config_lib.to_json(canonical))
+    _write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+  logging.info("exported step %d of %s to %s", step, workdir, out)
+  return dict(manifest, out=out)
+
+
+def _copy_run_files(s, workdir, out):
+  """The tokenizer and the family's files, under the names a workdir gives them."""
+  files = dict(s.family.run_files(workdir))
+  if s.tokenizer is not None:
+    files.update(tokenizer_files(s.tokenizer))
+  for name, source in files.items():
+    loop.copy_file(source, os.path.join(out, name))
+
+
+def tokenizer_files(tok):
+  """{name in a workdir: path} of the files that make up a run's tokenizer."""
+  path = tok.model_path
+  return {"tokenizer" if tf.io.gfile.isdir(path) else loop.TOKENIZER_FILE: path}
+
+
+def _write_text(path, text):
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text + "\n")
+
+
+def _open_clip(config, s, state, out, step):
+  """open_clip's files (a state dict and its model config) of a CLIP run."""
+  from vlp_jax.models import export_open_clip  # pylint: disable=g-import-not-at-top
+  params = jax.device_get(state.params)
+  if config.export.dtype != "float32":
+    raise ValueError("Config field 'export.dtype': open_clip exports are float32")
+  files = tokenizer_files(s.tokenizer) if s.tokenizer is not None else {}
+  if jax.process_index() == 0:
+    export_open_clip.write(out, params, config.model, tokenizer_files=files)
+  return dict(format="open_clip", family=config.model.name, step=step, out=os.path.abspath(out))
