@@ -11,6 +11,7 @@ the config overrides the checkpoint fixes. In Python:
   params = clip_params(sd, config.model)
   family = families.get_family(config, eos_id=49407)  # OpenAI's end-of-text id
 
+The mapping is one table, key_layout, which models/export_open_clip.py reads backwards.
 Only the OpenAI layout is mapped: ViT image tower with a class token, causal text tower
 pooled at the end-of-text token, projections without bias. Other open_clip variants
 (ResNet towers, layer scale, attentional pooling, timm or HF towers) have other keys and
@@ -19,6 +20,7 @@ in the weights cannot be checked here: the number of heads (see config_from_stat
 the activation, and the pooling type (open_clip's pool_type / final_ln_after_pool).
 """
 import argparse
+import collections
 import json
 import math
 import re
@@ -103,7 +105,7 @@ def clip_params(state_dict, config_model, scan=None):
     if m[field] != want:
       raise ValueError(f"Config field 'model.{field}' is {m[field]!r}; OpenAI CLIP needs {want!r}")
   _reject_other_layouts(state_dict)
-  layout = _layout(m)
+  layout = key_layout(m)
   found = {k: v for k, v in state_dict.items() if k not in METADATA_KEYS}
   missing = sorted(set(layout) - set(found))
   unused = sorted(set(found) - set(layout))
@@ -111,13 +113,14 @@ def clip_params(state_dict, config_model, scan=None):
     raise ValueError(f"Checkpoint does not match the config: missing keys {missing}, "
                      f"unused keys {unused}")
   params = {}
-  for key, (shape, path, convert) in layout.items():
+  for key, entry in layout.items():
     value = np.asarray(found[key], np.float32)
     if key == "logit_scale" and value.size == 1:
       value = value.reshape(())  # open_clip's nonscalar_logit_scale stores shape [1]
-    if value.shape != shape:
-      raise ValueError(f"Checkpoint key {key!r}: expected shape {shape}, found {value.shape}")
-    _set(params, path, convert(value))
+    if value.shape != entry.shape:
+      raise ValueError(f"Checkpoint key {key!r}: expected shape {entry.shape}, "
+                       f"found {value.shape}")
+    _set(params, entry.path, entry.to_ours(value))
   for tower in ("image_tower", "text_tower"):
     encoder = params[tower]["encoder"]
     blocks = [encoder.pop(f"block_{i}") for i in range(len(encoder))]
@@ -181,6 +184,10 @@ def open_clip_package():
     for name in [n for n in sys.modules
                  if n.split(".")[0] in ("open_clip", "torchvision")]:
       del sys.modules[name]
+  try:  # transformers looks torchvision up when imported (by open_clip's HF text towers):
+    import transformers  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:  # before the placeholder below, which has no module spec to find
+    pass
   spec = importlib.util.find_spec("open_clip")
   torchvision = types.ModuleType("torchvision")
   ops = types.ModuleType("torchvision.ops")
@@ -239,26 +246,37 @@ def _require_key(state_dict, key):
   return np.asarray(state_dict[key])
 
 
-def _layout(m):
-  """checkpoint key -> (expected shape, our parameter path, converter to our layout)."""
-  ident = lambda x: x
-  transpose = lambda x: x.T
+class Entry(collections.namedtuple("Entry", "shape path to_ours to_theirs")):
+  """One checkpoint tensor: its OpenAI shape, our parameter path (unrolled block names),
+  and the conversions both ways (pure reshapes and transposes: exact inverses)."""
+
+
+_IDENT = (lambda x: x, lambda x: x)
+_TRANSPOSE = (lambda x: x.T, lambda x: x.T)
+
+
+def key_layout(m):
+  """checkpoint key -> Entry, for `config.model` m: the one table both the import and
+  models/export_open_clip.py read."""
   vision_width, text_width, p = m.vision_width, m.text_width, m.patch_size
   grid = m.image_size // p
   layout = {
-      # torch conv [out, in, kh, kw] -> flax conv on NHWC [kh, kw, in, out]
-      "visual.conv1.weight": ((vision_width, 3, p, p), ("image_tower", "patch_embed", "kernel"),
-                              lambda x: x.transpose(2, 3, 1, 0)),
-      "visual.class_embedding": ((vision_width,), ("image_tower", "cls"), ident),
-      "visual.positional_embedding": ((grid * grid + 1, vision_width),
-                                      ("image_tower", "pos_embedding"), ident),
-      "visual.proj": ((vision_width, m.embed_dim), ("image_tower", "proj", "kernel"), ident),
-      "token_embedding.weight": ((m.vocab_size, text_width), ("text_tower", "token_embedding"),
-                                 ident),
-      "positional_embedding": ((m.context_length, text_width), ("text_tower", "pos_embedding"),
-                               ident),
-      "text_projection": ((text_width, m.embed_dim), ("text_tower", "proj", "kernel"), ident),
-      "logit_scale": ((), ("log_logit_scale",), ident),
+      # torch conv [out, in, kh, kw] <-> flax conv on NHWC [kh, kw, in, out]
+      "visual.conv1.weight": Entry((vision_width, 3, p, p), ("image_tower", "patch_embed", "kernel"),
+                                   lambda x: x.transpose(2, 3, 1, 0),
+                                   lambda x: x.transpose(3, 2, 0, 1)),
+      "visual.class_embedding": Entry((vision_width,), ("image_tower", "cls"), *_IDENT),
+      "visual.positional_embedding": Entry((grid * grid + 1, vision_width),
+                                           ("image_tower", "pos_embedding"), *_IDENT),
+      "visual.proj": Entry((vision_width, m.embed_dim), ("image_tower", "proj", "kernel"),
+                           *_IDENT),
+      "token_embedding.weight": Entry((m.vocab_size, text_width),
+                                      ("text_tower", "token_embedding"), *_IDENT),
+      "positional_embedding": Entry((m.context_length, text_width),
+                                    ("text_tower", "pos_embedding"), *_IDENT),
+      "text_projection": Entry((text_width, m.embed_dim), ("text_tower", "proj", "kernel"),
+                               *_IDENT),
+      "logit_scale": Entry((), ("log_logit_scale",), *_IDENT),
   }
   for key, tower, name, width in (("visual.ln_pre", "image_tower", "ln_pre", vision_width),
                                   ("visual.ln_post", "image_tower", "ln_post", vision_width),
@@ -277,28 +295,33 @@ def _layout(m):
       layout.update(_layer_norm(src + "ln_2", dst + ("ln_mlp",), width))
       layout.update({
           # torch in_proj rows: q, k, v blocks of W rows, each block heads x head_dim rows.
-          src + "attn.in_proj_weight": (
+          src + "attn.in_proj_weight": Entry(
               (3 * width, width), dst + ("attn", "qkv_kernel"),
-              lambda x, h=heads, k=head_dim, w=width: x.reshape(3, h, k, w).transpose(3, 0, 1, 2)),
-          src + "attn.in_proj_bias": ((3 * width,), dst + ("attn", "qkv_bias"),
-                                      lambda x, h=heads, k=head_dim: x.reshape(3, h, k)),
+              lambda x, h=heads, k=head_dim, w=width: x.reshape(3, h, k, w).transpose(3, 0, 1, 2),
+              lambda x, w=width: x.transpose(1, 2, 3, 0).reshape(3 * w, w)),
+          src + "attn.in_proj_bias": Entry(
+              (3 * width,), dst + ("attn", "qkv_bias"),
+              lambda x, h=heads, k=head_dim: x.reshape(3, h, k),
+              lambda x, w=width: x.reshape(3 * w)),
           # out_proj input columns are the heads' outputs concatenated.
-          src + "attn.out_proj.weight": (
+          src + "attn.out_proj.weight": Entry(
               (width, width), dst + ("attn", "out_kernel"),
-              lambda x, h=heads, k=head_dim, w=width: x.T.reshape(h, k, w)),
-          src + "attn.out_proj.bias": ((width,), dst + ("attn", "out_bias"), ident),
-          src + "mlp.c_fc.weight": ((mlp, width), dst + ("mlp", "fc1", "kernel"), transpose),
-          src + "mlp.c_fc.bias": ((mlp,), dst + ("mlp", "fc1", "bias"), ident),
-          src + "mlp.c_proj.weight": ((width, mlp), dst + ("mlp", "fc2", "kernel"), transpose),
-          src + "mlp.c_proj.bias": ((width,), dst + ("mlp", "fc2", "bias"), ident),
+              lambda x, h=heads, k=head_dim, w=width: x.T.reshape(h, k, w),
+              lambda x, w=width: x.reshape(w, w).T),
+          src + "attn.out_proj.bias": Entry((width,), dst + ("attn", "out_bias"), *_IDENT),
+          src + "mlp.c_fc.weight": Entry((mlp, width), dst + ("mlp", "fc1", "kernel"),
+                                         *_TRANSPOSE),
+          src + "mlp.c_fc.bias": Entry((mlp,), dst + ("mlp", "fc1", "bias"), *_IDENT),
+          src + "mlp.c_proj.weight": Entry((width, mlp), dst + ("mlp", "fc2", "kernel"),
+                                           *_TRANSPOSE),
+          src + "mlp.c_proj.bias": Entry((width,), dst + ("mlp", "fc2", "bias"), *_IDENT),
       })
   return layout
 
 
 def _layer_norm(key, path, width):
-  ident = lambda x: x
-  return {f"{key}.weight": ((width,), path + ("scale",), ident),
-          f"{key}.bias": ((width,), path + ("bias",), ident)}
+  return {f"{key}.weight": Entry((width,), path + ("scale",), *_IDENT),
+          f"{key}.bias": Entry((width,), path + ("bias",), *_IDENT)}
 
 
 def _set(tree, path, value):
