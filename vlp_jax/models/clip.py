@@ -69,14 +69,15 @@ def normalize(x):
 def _tower_options(m):
   # Only the pooled outputs are used: the last layer of each tower computes nothing else.
   return dict(activation=m.activation, remat=m.remat, remat_policy=m.remat_policy,
-              scan=m.scan, pooled_only=True)
+              scan=m.scan, pooled_only=True, layer_norm_eps=m.layer_norm_eps)
 
 
 def image_tower_config(m):
   """VisionTransformer fields of a pooled image tower from `config.model` (CLIP, CatLIP)."""
   return dict(patch_size=m.patch_size, width=m.vision_width, depth=m.vision_depth,
               num_heads=m.vision_heads, mlp_dim=int(m.vision_width * m.vision_mlp_ratio),
-              pool=m.image_pool, **_tower_options(m))
+              pool=m.image_pool, patch_bias=m.vision_patch_bias, pre_norm=m.vision_pre_norm,
+              proj=m.vision_proj, **_tower_options(m))
 
 
 def text_tower_config(m, eos_id):
@@ -84,7 +85,8 @@ def text_tower_config(m, eos_id):
   return dict(vocab_size=m.vocab_size, context_length=m.context_length, width=m.text_width,
               depth=m.text_depth, num_heads=m.text_heads,
               mlp_dim=int(m.text_width * m.text_mlp_ratio), eos_id=eos_id,
-              causal=m.text_causal, pool=m.text_pool, **_tower_options(m))
+              causal=m.text_causal, pool=m.text_pool, proj_bias=m.text_proj_bias,
+              **_tower_options(m))
 
 
 def from_config(m, eos_id, logit_bias=False):

@@ -197,13 +197,14 @@ class Block(nn.Module):
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   decode: bool = False
+  layer_norm_eps: float = 1e-5  # HF SigLIP: 1e-6
 
   @nn.compact
   def __call__(self, x, context=None, mask=None, query_rows=None):
     """`query_rows` [B]: compute only the output at that row of each sequence, [B, 1, W]
     (the pooled token of a tower's last layer)."""
     x = constrain(x, ("batch", "length", "act_embed"))
-    y = layer_norm(self.dtype, "ln_attn")(x)
+    y = layer_norm(self.dtype, "ln_attn", self.layer_norm_eps)(x)
     if query_rows is not None:
       x = _rows(x, query_rows)
     x = x + Attention(self.num_heads, self.dtype, self.causal, self.decode, name="attn")(
@@ -211,7 +212,7 @@ class Block(nn.Module):
     if self.cross_attention and self.cross_layout == "open_clip":
       x = self._mlp(x, "ln_mlp", "mlp")
       if context is not None:
-        context = layer_norm(self.dtype, "ln_context")(context)
+        context = layer_norm(self.dtype, "ln_context", self.layer_norm_eps)(context)
       x = self._cross(x, context)
       x = self._mlp(x, "ln_cross_mlp", "cross_mlp")
     else:
@@ -221,12 +222,12 @@ class Block(nn.Module):
     return constrain(x, ("batch", "length", "act_embed")), None
 
   def _cross(self, x, context):
-    y = layer_norm(self.dtype, "ln_cross")(x)
+    y = layer_norm(self.dtype, "ln_cross", self.layer_norm_eps)(x)
     return x + Attention(self.num_heads, self.dtype, decode=self.decode, cross=True,
                          name="cross_attn")(y, kv=context)
 
   def _mlp(self, x, norm_name, name):
-    y = layer_norm(self.dtype, norm_name)(x)
+    y = layer_norm(self.dtype, norm_name, self.layer_norm_eps)(x)
     return x + Mlp(self.mlp_dim, self.activation, self.dtype, name=name)(y)
 
 
@@ -252,6 +253,7 @@ class Transformer(nn.Module):
   remat_policy: str = "full"
   scan: bool = False
   decode: bool = False
+  layer_norm_eps: float = 1e-5
 
   @nn.compact
   def __call__(self, x, context=None, mask=None, output_rows=None):
@@ -265,7 +267,7 @@ class Transformer(nn.Module):
     kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=self.causal,
                   cross_attention=self.cross_attention, cross_layout=self.cross_layout,
                   activation=self.activation,
-                  dtype=self.dtype, decode=self.decode)
+                  dtype=self.dtype, decode=self.decode, layer_norm_eps=self.layer_norm_eps)
     if self.scan:
       # KV caches (decode mode) are stacked over layers like the parameters. With
       # output_rows the last block stays out of the scan ("last_block") to run pruned.
@@ -343,6 +345,7 @@ class AttentionPool(nn.Module):
   num_queries: int = 1
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
+  layer_norm_eps: float = 1e-5
 
   @nn.compact
   def __call__(self, tokens):
@@ -353,5 +356,5 @@ class AttentionPool(nn.Module):
     x = Attention(self.num_heads, self.dtype, name="attn")(queries, kv=tokens)
     if not self.mlp_dim:
       return x
-    y = layer_norm(self.dtype, "ln")(x)
+    y = layer_norm(self.dtype, "ln", self.layer_norm_eps)(x)
     return x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)

@@ -15,6 +15,9 @@ class VisionTransformer(nn.Module):
   token and pooled is None (CoCa pools the tokens itself). pooled is projected to
   `embed_dim` when it is set; tokens are all output tokens after ln_post.
 
+  `proj=False`: pooled is the pooling's output even with `embed_dim` set (HF SigLIP: the
+  MAP head's output is the image embedding; embed_dim must then equal width).
+
   `pooled_only` (pool="cls"): tokens is None and the last layer computes the class token
   alone, skipping work whose outputs pooling would drop (about 1/depth of the tower's
   FLOPs, in unrolled stacks).
@@ -39,6 +42,8 @@ class VisionTransformer(nn.Module):
   # False: tokens come out of the last block as they are (BLIP-2 reads a CLIP tower's
   # second-to-last layer and normalises it with a LayerNorm of its own).
   final_norm: bool = True
+  proj: bool = True
+  layer_norm_eps: float = 1e-5  # every LayerNorm of the tower (HF SigLIP: 1e-6)
 
   @nn.compact
   def __call__(self, images):
@@ -58,25 +63,27 @@ class VisionTransformer(nn.Module):
                        nn.initializers.normal(self.width ** -0.5), (x.shape[1], self.width))
     x = x + pos.astype(x.dtype)
     if self.pre_norm:
-      x = layers.layer_norm(self.dtype, "ln_pre")(x)
+      x = layers.layer_norm(self.dtype, "ln_pre", self.layer_norm_eps)(x)
     pooled_only = self.pooled_only and self.pool == "cls"
     rows = jnp.zeros((batch,), jnp.int32) if pooled_only else None
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
                            dtype=self.dtype, remat=self.remat,
-                           remat_policy=self.remat_policy, scan=self.scan, name="encoder")(
+                           remat_policy=self.remat_policy, scan=self.scan,
+                           layer_norm_eps=self.layer_norm_eps, name="encoder")(
                                x, output_rows=rows)
     if self.final_norm:
-      x = layers.layer_norm(self.dtype, "ln_post")(x)
+      x = layers.layer_norm(self.dtype, "ln_post", self.layer_norm_eps)(x)
     if self.pool == "none":
       return None, x
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "map":
       pooled = layers.AttentionPool(self.num_heads, self.mlp_dim, activation=self.activation,
-                                    dtype=self.dtype, name="map_head")(x)[:, 0]
+                                    dtype=self.dtype, layer_norm_eps=self.layer_norm_eps,
+                                    name="map_head")(x)[:, 0]
     else:
       raise ValueError(f"Unknown image pooling {self.pool!r} (cls or map)")
-    if self.embed_dim is not None:
+    if self.embed_dim is not None and self.proj:
       pooled = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj",
                         kernel_init=layers.dense_init(("embed", "joint"), self.width ** -0.5))(pooled)
     return pooled, None if pooled_only else x
@@ -97,4 +104,5 @@ def feature_encoder(m):
       mlp_dim=int(m.vision_width * m.vision_mlp_ratio), activation=m.activation,
       pool="cls" if m.image_pool == "cls" else "none", dtype=jnp.dtype(m.dtype),
       remat=m.remat, remat_policy=m.remat_policy, scan=m.scan,
-      final_norm=m.vision_feature_layer == -1)
+      final_norm=m.vision_feature_layer == -1, patch_bias=m.vision_patch_bias,
+      pre_norm=m.vision_pre_norm, layer_norm_eps=m.layer_norm_eps)
