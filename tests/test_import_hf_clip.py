@@ -205,6 +205,10 @@ def test_config_from_hf(hf):
   assert (siglip.activation, siglip.layer_norm_eps, siglip.embed_dim) == ("gelu_tanh", 1e-6, 64)
   assert (siglip.vision_patch_bias, siglip.vision_pre_norm, siglip.vision_proj,
           siglip.text_proj_bias) == (True, False, False, True)
+  config = config_lib.base_config()
+  config.model.update(dict(siglip, embed_dim=32))
+  with pytest.raises(ValueError, match="model.vision_proj"):
+    config_lib.validate(config)  # an unprojected image embedding has the tower's width
   # Fields left out of config.json take HF's defaults.
   minimal = ihc.config_from_hf({"model_type": "siglip", "vision_config": {"patch_size": 14}})
   assert (minimal.vision_width, minimal.patch_size, minimal.context_length,
@@ -269,6 +273,18 @@ def test_errors_name_the_key_or_field(hf, tmp_path):
     with pytest.raises(ValueError) as info:
       ihc.config_from_hf(changed)
     one_line(info, field)
+
+
+def test_sharded_checkpoint(hf, tmp_path):
+  c = hf["clip"]
+  c["model"].save_pretrained(str(tmp_path), safe_serialization=True, max_shard_size="20KB")
+  assert os.path.exists(tmp_path / "model.safetensors.index.json")
+  assert not os.path.exists(tmp_path / "model.safetensors")
+  sharded = flax.traverse_util.flatten_dict(ihc.params_from_hf(str(tmp_path), c["fields"]))
+  single = flax.traverse_util.flatten_dict(ihc.params_from_hf(c["dir"], c["fields"]))
+  assert set(sharded) == set(single)
+  for path, value in single.items():
+    np.testing.assert_array_equal(sharded[path], value)
 
 
 def test_shorter_context_keeps_the_first_positions(hf):
