@@ -82,7 +82,8 @@ def test_tiny_merges_file_hand_worked(tiny):
   # Truncated rows keep the start first and the end last; a prefix goes before the start.
   assert list(clip_bpe.ClipBpeTokenizer(tiny, 4).encode(["hi dog hi"])[0]) == [515, 512, 514, 516]
   assert list(clip_bpe.ClipBpeTokenizer(tiny, 2).encode(["hi dog"])[0]) == [515, 516]
-  assert list(tok.encode(["hi dog hi dog hi dog"], prefix=7)[0]) == [7, 515] + [512, 514] * 2 + [512, 516]
+  row = tok.encode(["hi dog hi dog hi dog"], prefix=7)[0]
+  assert list(row) == [7, 515] + [512, 514] * 2 + [512, 516]
   with pytest.raises(ValueError, match="no room"):
     clip_bpe.ClipBpeTokenizer(tiny, 1).encode(["hi"])
   assert tok.special_ids() == (0, 515, 516)
@@ -222,3 +223,22 @@ def test_missing_and_broken_files_are_one_line_errors(tiny, tmp_path):
   (folder / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1}))
   with pytest.raises(ValueError, match="lacks 256 of the 256 byte pieces"):
     data.get_tokenizer(_config(f"clip_bpe:{folder}"), str(tmp_path))
+
+
+def test_copy_of_a_gpt2_folder(tmp_path):
+  """copy_tokenizer also carries bpe.py's folders (no tokenizer_spec.txt: vocab.json says it)."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "gpt2"
+  folder.mkdir()
+  trainer = tokenizers.ByteLevelBPETokenizer()
+  trainer.train_from_iterator(TRICKY, vocab_size=300, special_tokens=["<|endoftext|>"],
+                              show_progress=False)
+  trainer.save_model(str(folder))
+  tok = tokenizer_lib.open_tokenizer(str(folder), 16)
+  assert tokenizer_lib.describe_tokenizer(tok) == str(folder)
+  copy = tokenizer_lib.copy_tokenizer(tok, str(tmp_path / "export" / "tokenizer"))
+  assert sorted(os.listdir(copy)) == ["merges.txt", "vocab.json"]
+  again = data.get_tokenizer(_config("", vocab_size=1000, context_length=16),
+                             str(tmp_path / "export"), reading=True)
+  assert type(again) is type(tok) and again.model_path == copy
+  np.testing.assert_array_equal(again.encode(TRICKY), tok.encode(TRICKY))

@@ -178,8 +178,8 @@ def _from_folder(path):
 
 
 class ClipBpeTokenizer:
-  """Encodes captions to int32 rows like open_clip.tokenize: <start_of_text>, [prefix
-  before it,] pieces, <end_of_text>, then 0."""
+  """Encodes captions to int32 rows like open_clip.tokenize: [prefix,] <start_of_text>,
+  pieces, <end_of_text>, then 0."""
 
   kind = KIND
   pad_id = 0
@@ -255,7 +255,9 @@ class ClipBpeTokenizer:
         word_end = piece.endswith(SUFFIX)
         if word_end:
           piece = piece[:-len(SUFFIX)]
-        data.extend(self._byte_decoder[c] for c in piece)
+        for c in piece:  # a folder's piece outside the byte table is written as it is
+          b = self._byte_decoder.get(c)
+          data.extend(c.encode("utf-8") if b is None else (b,))
         if word_end:
           data.extend(b" ")
       texts.append(data.decode("utf-8", errors="replace").strip())
