@@ -40,7 +40,7 @@ def model_classes():
   PyPI's torchvision does not load beside a CPU-only torch ("operator torchvision::nms does
   not exist"): then it is hidden while the two models are imported (they do not use it)."""
   try:
-    import torchvision  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+    import torchvision  # noqa: F401 pylint: disable=unused-import,import-outside-toplevel
   except ImportError:
     pass
   except Exception:  # pylint: disable=broad-except
@@ -171,8 +171,8 @@ def max_differences(ours, theirs):
   return abs_diff, rel_diff
 
 
-@pytest.mark.parametrize("scan", [False, True])
-@pytest.mark.parametrize("kind", ["clip", "siglip", "clip_old"])
+@pytest.mark.parametrize("kind,scan", [("clip", False), ("clip", True), ("siglip", False),
+                                       ("siglip", True), ("clip_old", False)])
 def test_matches_transformers(hf, kind, scan):
   h = hf[kind]
   family = family_for(h["fields"], scan)

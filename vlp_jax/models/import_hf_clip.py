@@ -270,6 +270,7 @@ def _encoder(src, dst, depth, width, heads, mlp):
   """HF encoder layers -> our blocks; a path ending in a slot number is that part (q, k, v)
   of the fused qkv kernel or bias, stacked afterwards."""
   k = width // heads
+  part = lambda x: x.T.reshape(width, heads, k)  # Linear [H*K, W] -> [W, H, K]
   out = {}
   for i in range(depth):
     s, d = f"{src}.layers.{i}.", dst + (f"block_{i}",)
@@ -277,7 +278,7 @@ def _encoder(src, dst, depth, width, heads, mlp):
     out.update(_ln(s + "layer_norm2", d + ("ln_mlp",), width))
     for slot, name in enumerate("qkv"):
       out[f"{s}self_attn.{name}_proj.weight"] = (
-          (width, width), [(d + ("attn", "qkv_kernel", slot), lambda x: x.T.reshape(width, heads, k))])
+          (width, width), [(d + ("attn", "qkv_kernel", slot), part)])
       out[f"{s}self_attn.{name}_proj.bias"] = (
           (width,), [(d + ("attn", "qkv_bias", slot), lambda x: x.reshape(heads, k))])
     out[s + "self_attn.out_proj.weight"] = (
@@ -292,8 +293,9 @@ def _map_head(src, dst, width, heads, mlp):
   """SigLIP's pooling head. torch MultiheadAttention's in_proj rows are q | k | v, each
   heads x head_dim: q reads the probe (q_kernel), k and v the tokens (kv_kernel)."""
   k = width // heads
-  kernel = lambda a, n: lambda x: x[a * width:(a + n) * width].reshape(n, heads, k, width).transpose(3, 0, 1, 2)
-  bias = lambda a, n: lambda x: x[a * width:(a + n) * width].reshape(n, heads, k)
+  rows = lambda x, a, n: x[a * width:(a + n) * width]  # n of q, k, v from the a-th
+  kernel = lambda a, n: lambda x: rows(x, a, n).reshape(n, heads, k, width).transpose(3, 0, 1, 2)
+  bias = lambda a, n: lambda x: rows(x, a, n).reshape(n, heads, k)
   attn = dst + ("attn",)
   out = {
       src + ".probe": ((1, 1, width), [(dst + ("probe",), lambda x: x.reshape(1, width))]),
