@@ -60,9 +60,12 @@ def random_tokens(batch, context, eos_id, vocab, seed=1):
 
 # ---- without torch ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_import_of_export_is_identity(scan):
-  config = small_config(**{"model.scan": scan})
+@pytest.mark.parametrize("overrides", [
+    {"model.scan": False}, {"model.scan": True},
+    # open_clip's text_cfg proj_bias and vision_cfg no_ln_pre: other keys.
+    {"model.scan": True, "model.text_proj_bias": True, "model.vision_pre_norm": False}])
+def test_import_of_export_is_identity(overrides):
+  config = small_config(**overrides)
   params = init_params(config, eos_id=config.model.vocab_size - 1)
   state_dict = eoc.open_clip_state_dict(params, config.model)
   assert sorted(state_dict) == sorted(ioc.key_layout(config.model))
@@ -71,10 +74,13 @@ def test_import_of_export_is_identity(scan):
   assert jax.tree.structure(back) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
-  if scan:
+  if config.model.scan:
     encoder = params["image_tower"]["encoder"]
     assert sorted(encoder) == ["blocks", "last_block"]
     assert encoder["blocks"]["attn"]["qkv_kernel"].shape[0] == 2
+  if config.model.text_proj_bias:
+    assert state_dict["text_projection.weight"].shape == (16, 32)  # [embed, width]
+    assert "visual.ln_pre.weight" not in state_dict
 
 
 def test_layouts_export_the_same_tensors():
@@ -96,21 +102,29 @@ def test_model_config():
                       mlp_ratio=4.0),
       text_cfg=dict(context_length=8, vocab_size=64, width=32, heads=2, layers=2,
                     mlp_ratio=4.0))
-  config = small_config(**{"model.activation": "gelu_tanh", "model.text_causal": False})
+  config = small_config(**{"model.activation": "gelu_tanh", "model.text_causal": False,
+                           "model.layer_norm_eps": 1e-6, "model.text_proj_bias": True,
+                           "model.vision_pre_norm": False})
   model_cfg = eoc.open_clip_model_config(config.model, eos_id=2)
   assert not model_cfg["quick_gelu"]
-  assert model_cfg["vision_cfg"]["act_kwargs"] == {"approximate": "tanh"}
-  text_cfg = model_cfg["text_cfg"]
-  assert (text_cfg["pool_type"], text_cfg["eos_id"], text_cfg["no_causal_mask"],
-          text_cfg["act_kwargs"]) == ("eos", 2, True, {"approximate": "tanh"})
-  config = small_config(**{"model.text_pool": "last"})
-  assert eoc.open_clip_model_config(config.model)["text_cfg"]["pool_type"] == "last"
+  assert model_cfg["vision_cfg"] == dict(
+      image_size=16, layers=3, width=32, patch_size=8, head_width=16, mlp_ratio=4.0,
+      no_ln_pre=True, act_kwargs={"approximate": "tanh"}, norm_kwargs={"eps": 1e-6})
+  assert model_cfg["text_cfg"] == dict(
+      context_length=8, vocab_size=64, width=32, heads=2, layers=2, mlp_ratio=4.0,
+      pool_type="eos", eos_id=2, no_causal_mask=True, proj_bias=True,
+      act_kwargs={"approximate": "tanh"}, norm_kwargs={"eps": 1e-6})
+  for pool, want in (("last", "last"), ("argmax", None)):  # argmax: open_clip's default
+    config = small_config(**{"model.text_pool": pool})
+    assert eoc.open_clip_model_config(config.model)["text_cfg"].get("pool_type") == want
 
 
 @pytest.mark.parametrize("field,value,match", [
     ("model.name", "siglip", "model.name"),
     ("model.image_pool", "map", "model.image_pool"),
     ("model.activation", "relu", "model.activation"),
+    ("model.vision_patch_bias", True, "model.vision_patch_bias"),
+    ("model.vision_proj", False, "model.vision_proj"),
 ])
 def test_refuses_what_open_clip_cannot_express(field, value, match):
   config = small_config()
@@ -155,14 +169,16 @@ def test_write(tmp_path):
   st = pytest.importorskip("safetensors.numpy")
   config = small_config()
   params = init_params(config, eos_id=63)
-  tok = tmp_path / "tok"
-  tok.mkdir()
-  (tok / "vocab.json").write_text("{}")
-  (tok / "merges.txt").write_text("")
-  out = eoc.write(tmp_path / "export", params, config.model, [tok], eos_id=63,
-                  eval_resize="squash")
-  assert sorted(os.listdir(out)) == ["merges.txt", "open_clip_config.json",
-                                     "open_clip_model.safetensors", "vocab.json"]
+  folder = tmp_path / "gpt2"
+  folder.mkdir()
+  (folder / "vocab.json").write_text("{}")
+  (tmp_path / "tokenizer.model").write_text("spm")
+  out = eoc.write(tmp_path / "export", params, config.model,
+                  {"tokenizer": folder, "tokenizer.model": tmp_path / "tokenizer.model"},
+                  eos_id=63, eval_resize="squash")
+  assert sorted(os.listdir(out)) == ["open_clip_config.json", "open_clip_model.safetensors",
+                                     "tokenizer", "tokenizer.model"]
+  assert os.listdir(os.path.join(out, "tokenizer")) == ["vocab.json"]
   loaded = st.load_file(os.path.join(out, "open_clip_model.safetensors"))
   want = eoc.open_clip_state_dict(params, config.model)
   assert sorted(loaded) == sorted(want)
@@ -174,6 +190,8 @@ def test_write(tmp_path):
   assert written["preprocess_cfg"] == dict(
       size=16, mean=list(preprocess.CLIP_MEAN), std=list(preprocess.CLIP_STD),
       interpolation="bilinear", resize_mode="squash")
+  out = eoc.write(tmp_path / "listed", params, config.model, [folder], eos_id=63)
+  assert os.listdir(os.path.join(out, "gpt2")) == ["vocab.json"]
 
 
 # ---- against open_clip ----------------------------------------------------------------------
@@ -293,8 +311,11 @@ def test_open_clip_loads_the_folder(tmp_path, torch_clip):
 
 
 @pytest.mark.parametrize("overrides,eos_id", [
-    ({"model.activation": "gelu_tanh"}, 5),  # pool_type 'eos' at an id below the largest
-    ({"model.activation": "gelu", "model.text_causal": False, "model.text_pool": "last"}, 63),
+    # pool_type 'eos' at an id below the largest; eps large enough to tell from 1e-5
+    ({"model.activation": "gelu_tanh", "model.layer_norm_eps": 0.1,
+      "model.text_proj_bias": True}, 5),
+    ({"model.activation": "gelu", "model.text_causal": False, "model.text_pool": "last",
+      "model.vision_pre_norm": False}, 63),
 ])
 def test_exported_vlp_jax_clip_matches_in_open_clip(tmp_path, overrides, eos_id):
   """Our randomly initialised Clip, exported with settings OpenAI's CLIP does not use,

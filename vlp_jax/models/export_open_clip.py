@@ -34,6 +34,7 @@ CONFIG_FILE = "open_clip_config.json"
 # Our activations as open_clip builds them: QuickGELU is its quick_gelu flag, the others
 # torch.nn.GELU with these keyword arguments.
 _ACT_KWARGS = {"quick_gelu": None, "gelu": None, "gelu_tanh": {"approximate": "tanh"}}
+_TORCH_LAYER_NORM_EPS = 1e-5  # open_clip's LayerNorm unless norm_kwargs say otherwise
 # data.eval_resize -> open_clip's resize_mode (both: shorter side to size, centre crop).
 _RESIZE_MODES = {"crop": "shortest", "squash": "squash"}
 
@@ -43,9 +44,9 @@ def open_clip_model_config(config_model, eos_id=None):
 
   `eos_id` (the tokenizer's end-of-text id) is needed for text_pool='eos': open_clip pools
   OpenAI-style at the largest token id (its default pool_type 'argmax', which older
-  versions read too) when eos_id is the last id of the vocabulary, else at the first
-  eos_id (pool_type 'eos' of open_clip 3.3), which is how our tower pools. Raises
-  ValueError naming the config field open_clip cannot express.
+  versions read too; our text_pool='argmax') when eos_id is the last id of the
+  vocabulary, else at the first eos_id (pool_type 'eos' of open_clip 3.3), which is how
+  our tower pools. Raises ValueError naming the config field open_clip cannot express.
   """
   m = config_model
   _check_expressible(m)
@@ -60,17 +61,22 @@ def open_clip_model_config(config_model, eos_id=None):
       raise ValueError(f"eos_id {eos_id} is outside model.vocab_size={m.vocab_size}")
     if eos_id != m.vocab_size - 1:
       text_cfg.update(pool_type="eos", eos_id=int(eos_id))
-  else:  # "last": config_lib allows eos and last only
+  elif m.text_pool == "last":  # "argmax" is open_clip's default
     text_cfg["pool_type"] = "last"
   if not m.text_causal:
     text_cfg["no_causal_mask"] = True
+  if m.text_proj_bias:
+    text_cfg["proj_bias"] = True
   vision_cfg = dict(image_size=m.image_size, layers=m.vision_depth, width=m.vision_width,
                     patch_size=m.patch_size, head_width=m.vision_width // m.vision_heads,
                     mlp_ratio=m.vision_mlp_ratio)
-  act_kwargs = _ACT_KWARGS[m.activation]
-  if act_kwargs:
-    vision_cfg["act_kwargs"] = dict(act_kwargs)
-    text_cfg["act_kwargs"] = dict(act_kwargs)
+  if not m.vision_pre_norm:
+    vision_cfg["no_ln_pre"] = True
+  for cfg in (vision_cfg, text_cfg):
+    if _ACT_KWARGS[m.activation]:
+      cfg["act_kwargs"] = dict(_ACT_KWARGS[m.activation])
+    if m.layer_norm_eps != _TORCH_LAYER_NORM_EPS:
+      cfg["norm_kwargs"] = dict(eps=m.layer_norm_eps)
   return dict(embed_dim=m.embed_dim, quick_gelu=m.activation == "quick_gelu",
               vision_cfg=vision_cfg, text_cfg=text_cfg)
 
@@ -114,8 +120,11 @@ def preprocess_config(config_model, eval_resize="crop"):
 
 def write(out_dir, params, config_model, tokenizer_files=(), eos_id=None, eval_resize="crop"):
   """Writes open_clip_model.safetensors, open_clip_config.json and copies of
-  `tokenizer_files` (files, or folders whose files are copied) into the new or empty
-  folder `out_dir`; returns its absolute path. Nothing is overwritten."""
+  `tokenizer_files` (paths, or {name: path}; folders are copied whole) into the new or
+  empty folder `out_dir`; returns its absolute path. Nothing is overwritten.
+
+  eos_id: the tokenizer's end-of-text id (families.get_family's), needed when
+  model.text_pool='eos'; eval_resize: config.data.eval_resize."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   config = dict(model_cfg=open_clip_model_config(config_model, eos_id),
                 preprocess_cfg=preprocess_config(config_model, eval_resize))
@@ -129,7 +138,10 @@ def write(out_dir, params, config_model, tokenizer_files=(), eos_id=None, eval_r
   with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
     json.dump(config, f, indent=2)
   for name, source in copies.items():
-    shutil.copyfile(source, os.path.join(out_dir, name))
+    if os.path.isdir(source):
+      shutil.copytree(source, os.path.join(out_dir, name))
+    else:
+      shutil.copyfile(source, os.path.join(out_dir, name))
   return out_dir
 
 
@@ -143,6 +155,12 @@ def _check_expressible(m):
   if m.activation not in _ACT_KWARGS:
     raise ValueError(f"Config field 'model.activation' is {m.activation!r}: open_clip towers "
                      f"use one of {tuple(_ACT_KWARGS)}")
+  if m.vision_patch_bias:
+    raise ValueError("Config field 'model.vision_patch_bias' is True: open_clip's patch "
+                     "projection (visual.conv1) has no bias")
+  if not m.vision_proj:
+    raise ValueError("Config field 'model.vision_proj' is False: open_clip's ViT always "
+                     "projects the pooled token (visual.proj)")
 
 
 def _flatten(tree, prefix=()):
@@ -154,21 +172,18 @@ def _flatten(tree, prefix=()):
   return out
 
 
-def _tokenizer_copies(paths):
-  """{file name in the export: source path}; refuses missing files and name clashes."""
+def _tokenizer_copies(files):
+  """{name in the export: source file or folder} from a mapping of the same (train/export.py's
+  tokenizer_files) or a list of paths (named by their base names). Refuses missing sources
+  and names taken by the export's own files."""
+  if not hasattr(files, "items"):
+    files = {os.path.basename(os.path.normpath(str(path))): path for path in files}
   copies = {}
-  for path in paths:
-    path = str(path)
-    if os.path.isdir(path):
-      sources = sorted(os.path.join(path, n) for n in os.listdir(path)
-                       if os.path.isfile(os.path.join(path, n)))
-    elif os.path.isfile(path):
-      sources = [path]
-    else:
-      raise ValueError(f"Tokenizer file {path} does not exist")
-    for source in sources:
-      name = os.path.basename(source)
-      if name in copies or name in (WEIGHTS_FILE, CONFIG_FILE):
-        raise ValueError(f"Tokenizer file {source}: a file named {name} is already exported")
-      copies[name] = source
+  for name, source in files.items():
+    source = str(source)
+    if not os.path.exists(source):
+      raise ValueError(f"Tokenizer file {source} does not exist")
+    if name in (WEIGHTS_FILE, CONFIG_FILE) or name in copies:
+      raise ValueError(f"Tokenizer file {source}: a file named {name} is already exported")
+    copies[name] = source
   return copies

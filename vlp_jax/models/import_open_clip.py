@@ -274,13 +274,21 @@ def key_layout(m):
                                       ("text_tower", "token_embedding"), *_IDENT),
       "positional_embedding": Entry((m.context_length, text_width),
                                     ("text_tower", "pos_embedding"), *_IDENT),
-      "text_projection": Entry((text_width, m.embed_dim), ("text_tower", "proj", "kernel"),
-                               *_IDENT),
       "logit_scale": Entry((), ("log_logit_scale",), *_IDENT),
   }
-  for key, tower, name, width in (("visual.ln_pre", "image_tower", "ln_pre", vision_width),
-                                  ("visual.ln_post", "image_tower", "ln_post", vision_width),
-                                  ("ln_final", "text_tower", "ln_final", text_width)):
+  if m.text_proj_bias:  # open_clip's text_cfg proj_bias: an nn.Linear, [out, in]
+    layout.update({
+        "text_projection.weight": Entry((m.embed_dim, text_width),
+                                        ("text_tower", "proj", "kernel"), *_TRANSPOSE),
+        "text_projection.bias": Entry((m.embed_dim,), ("text_tower", "proj", "bias"), *_IDENT)})
+  else:
+    layout["text_projection"] = Entry((text_width, m.embed_dim),
+                                      ("text_tower", "proj", "kernel"), *_IDENT)
+  norms = [("visual.ln_post", "image_tower", "ln_post", vision_width),
+           ("ln_final", "text_tower", "ln_final", text_width)]
+  if m.vision_pre_norm:  # open_clip's vision_cfg no_ln_pre when not
+    norms.append(("visual.ln_pre", "image_tower", "ln_pre", vision_width))
+  for key, tower, name, width in norms:
     layout.update(_layer_norm(key, (tower, name), width))
   towers = (("visual.", "image_tower", vision_width, m.vision_depth, m.vision_heads,
              int(vision_width * m.vision_mlp_ratio)),
