@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     # BPE implementation (CLIP's vocabulary), faster than a Python loop and tested by them.
     "safetensors>=0.8,<1",
     "tokenizers>=0.23,<0.24",
+    "ftfy>=6,<7",  # the text clean-up of CLIP's BPE (open_clip's tokenizer): the same ids
 ]
 
 setuptools.setup(

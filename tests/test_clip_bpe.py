@@ -242,3 +242,11 @@ def test_copy_of_a_gpt2_folder(tmp_path):
                              str(tmp_path / "export"), reading=True)
   assert type(again) is type(tok) and again.model_path == copy
   np.testing.assert_array_equal(again.encode(TRICKY), tok.encode(TRICKY))
+
+
+def test_prompt_ids_keep_pieces_whose_id_is_the_padding(tiny):
+  """decode.prompt under clip_bpe: "!" is id 0, the padding; the start id is not a piece."""
+  from vlp_jax.evaluate import captioner  # pylint: disable=g-import-not-at-top
+  tok = clip_bpe.ClipBpeTokenizer(tiny, context_length=8)
+  ids = captioner.prompt_ids(tok, "hi !!")  # "!!" is "!" (id 0) then "!</w>" (256)
+  assert ids == tuple(tok.encode_ids("hi !!")) == (512, 0, 256)

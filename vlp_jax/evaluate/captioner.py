@@ -42,8 +42,13 @@ class Captioner(runner.Encoder):
 
 
 def prompt_ids(tokenizer, text):
-  """The pieces of `text` (decode.prompt), without EOS: a caption's forced beginning."""
-  ids = [int(i) for i in tokenizer.encode([text])[0] if i not in (0, tokenizer.eos_id)]
+  """The pieces of `text` (decode.prompt), without EOS, padding or a start id: a caption's
+  forced beginning. Cut at the first EOS, not by value: padding may be a piece's id
+  (clip_bpe pads with 0, its "!")."""
+  row = [int(i) for i in tokenizer.encode([text])[0]]
+  ids = row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row
+  start = getattr(tokenizer, "start_id", None)
+  ids = ids[1:] if ids and start is not None and ids[0] == start else ids
   if not ids:
     raise ValueError(f"Config field 'decode.prompt': {text!r} has no tokens")
   return tuple(ids)

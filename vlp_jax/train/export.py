@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from vlp_jax import config_lib, families
+from vlp_jax.data import tokenizer as tokenizer_lib
 from vlp_jax.data.tf_setup import tf
 from vlp_jax.models import stacking
 from vlp_jax.parallel import sharding
@@ -112,18 +113,16 @@ def export(config, workdir, out, step=None, allow_config_change=False):
 
 
 def _copy_run_files(s, workdir, out):
-  """The tokenizer and the family's files, under the names a workdir gives them."""
-  files = dict(s.family.run_files(workdir))
-  if s.tokenizer is not None:
-    files.update(tokenizer_files(s.tokenizer))
-  for name, source in files.items():
+  """The tokenizer and the family's files, under the names a workdir gives them: a
+  tokenizer trained here as tokenizer.model, any other kind as a tokenizer/ folder."""
+  for name, source in s.family.run_files(workdir).items():
     loop.copy_file(source, os.path.join(out, name))
-
-
-def tokenizer_files(tok):
-  """{name in a workdir: path} of the files that make up a run's tokenizer."""
-  path = tok.model_path
-  return {"tokenizer" if tf.io.gfile.isdir(path) else loop.TOKENIZER_FILE: path}
+  if s.tokenizer is None:
+    return
+  if isinstance(s.tokenizer, tokenizer_lib.Tokenizer):
+    loop.copy_file(s.tokenizer.model_path, os.path.join(out, loop.TOKENIZER_FILE))
+  else:
+    tokenizer_lib.copy_tokenizer(s.tokenizer, os.path.join(out, "tokenizer"))
 
 
 def _write_text(path, text):
@@ -137,7 +136,7 @@ def _open_clip(config, s, state, out, step):
   params = jax.device_get(state.params)
   if config.export.dtype != "float32":
     raise ValueError("Config field 'export.dtype': open_clip exports are float32")
-  files = tokenizer_files(s.tokenizer) if s.tokenizer is not None else {}
+  files = tokenizer_lib.tokenizer_files(s.tokenizer) if s.tokenizer is not None else ()
   if jax.process_index() == 0:
     export_open_clip.write(out, params, config.model, tokenizer_files=files)
   return dict(format="open_clip", family=config.model.name, step=step, out=os.path.abspath(out))
