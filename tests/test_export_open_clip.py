@@ -192,6 +192,8 @@ def test_write(tmp_path):
       interpolation="bilinear", resize_mode="squash")
   out = eoc.write(tmp_path / "listed", params, config.model, [folder], eos_id=63)
   assert os.listdir(os.path.join(out, "gpt2")) == ["vocab.json"]
+  with pytest.raises(ValueError, match="a file named gpt2 is already exported"):
+    eoc.write(tmp_path / "twice", params, config.model, [folder, folder], eos_id=63)
 
 
 # ---- against open_clip ----------------------------------------------------------------------

@@ -19,13 +19,13 @@ make the token ids (open_clip.get_tokenizer does not read them). Without the sch
 """
 import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from vlp_jax.data import preprocess
+from vlp_jax.data.tf_setup import tf
 from vlp_jax.models import import_open_clip
 from vlp_jax.models import stacking
 
@@ -120,28 +120,36 @@ def preprocess_config(config_model, eval_resize="crop"):
 
 def write(out_dir, params, config_model, tokenizer_files=(), eos_id=None, eval_resize="crop"):
   """Writes open_clip_model.safetensors, open_clip_config.json and copies of
-  `tokenizer_files` (paths, or {name: path}; folders are copied whole) into the new or
-  empty folder `out_dir`; returns its absolute path. Nothing is overwritten.
+  `tokenizer_files` (paths, or {name: path}; a folder's files are copied into a folder)
+  into the new or empty folder `out_dir` (local or any tf.io.gfile path); returns its path,
+  absolute when local. Nothing is overwritten.
 
   eos_id: the tokenizer's end-of-text id (families.get_family's), needed when
   model.text_pool='eos'; eval_resize: config.data.eval_resize."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
   config = dict(model_cfg=open_clip_model_config(config_model, eos_id),
                 preprocess_cfg=preprocess_config(config_model, eval_resize))
   state_dict = open_clip_state_dict(params, config_model)
   copies = _tokenizer_copies(tokenizer_files)
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+  out_dir = str(out_dir)
+  if "://" not in out_dir:
+    out_dir = os.path.abspath(out_dir)
+  gfile = tf.io.gfile
+  if gfile.exists(out_dir) and (not gfile.isdir(out_dir) or gfile.listdir(out_dir)):
     raise ValueError(f"{out_dir} exists and is not empty: nothing is overwritten")
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(state_dict, os.path.join(out_dir, WEIGHTS_FILE))
-  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-    json.dump(config, f, indent=2)
-  for name, source in copies.items():
-    if os.path.isdir(source):
-      shutil.copytree(source, os.path.join(out_dir, name))
+  gfile.makedirs(out_dir)
+  with gfile.GFile(os.path.join(out_dir, WEIGHTS_FILE), "wb") as f:
+    f.write(save(state_dict))
+  with gfile.GFile(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+    f.write(json.dumps(config, indent=2) + "\n")
+  for name, source in copies:
+    if gfile.isdir(source):
+      gfile.makedirs(os.path.join(out_dir, name))
+      for child in gfile.listdir(source):
+        if not gfile.isdir(os.path.join(source, child)):
+          gfile.copy(os.path.join(source, child), os.path.join(out_dir, name, child))
     else:
-      shutil.copyfile(source, os.path.join(out_dir, name))
+      gfile.copy(source, os.path.join(out_dir, name))
   return out_dir
 
 
@@ -173,17 +181,17 @@ def _flatten(tree, prefix=()):
 
 
 def _tokenizer_copies(files):
-  """{name in the export: source file or folder} from a mapping of the same (train/export.py's
-  tokenizer_files) or a list of paths (named by their base names). Refuses missing sources
-  and names taken by the export's own files."""
-  if not hasattr(files, "items"):
-    files = {os.path.basename(os.path.normpath(str(path))): path for path in files}
-  copies = {}
-  for name, source in files.items():
-    source = str(source)
-    if not os.path.exists(source):
+  """[(name in the export, source file or folder)] from a mapping of the same or a list of
+  paths (named by their base names). Refuses missing sources and taken names."""
+  if hasattr(files, "items"):
+    pairs = [(name, str(path)) for name, path in files.items()]
+  else:
+    pairs = [(os.path.basename(os.path.normpath(str(path))), str(path)) for path in files]
+  taken = {WEIGHTS_FILE, CONFIG_FILE}
+  for name, source in pairs:
+    if not tf.io.gfile.exists(source):
       raise ValueError(f"Tokenizer file {source} does not exist")
-    if name in (WEIGHTS_FILE, CONFIG_FILE) or name in copies:
+    if name in taken:
       raise ValueError(f"Tokenizer file {source}: a file named {name} is already exported")
-    copies[name] = source
-  return copies
+    taken.add(name)
+  return pairs
