@@ -76,7 +76,7 @@ def load(path, step=None, config=None, tokenizer=None, batch_size=32, devices=No
   workdir = path if kind not in init_from.IMPORTED else ""
   if kind in init_from.RUN_SCHEMES:
     workdir = init_from.scheme_path(path)[1]
-  tok = _tokenizer(config, workdir, kind)
+  tok = _tokenizer(config, workdir, path)
   family = families.get_family(config, tok.eos_id if tok else 1)
   family.prepare(workdir, reading=True)
   tx, _ = optimizer.make(config)
@@ -98,7 +98,7 @@ def _imported_config(path):
   kind, rest = init_from.scheme_path(path)
   if kind == "open_clip":
     from vlp_jax.models import import_open_clip  # pylint: disable=g-import-not-at-top
-    fields = import_open_clip.config_from_state_dict(import_open_clip.load_state_dict(rest))
+    fields = import_open_clip.config_for(rest)
   else:
     from vlp_jax.models import import_hf_clip  # pylint: disable=g-import-not-at-top
     fields = import_hf_clip.config_from_hf(rest)
@@ -107,9 +107,17 @@ def _imported_config(path):
   return config
 
 
-def _tokenizer(config, workdir, kind):
+def _tokenizer(config, workdir, path):
+  """The model's tokenizer: the run's or export's; for an open_clip folder that an export
+  wrote, the tokenizer/ copy beside its weights; else data.tokenizer must name one."""
   if not families.FAMILIES[config.model.name].USES_TOKENIZER:
     return None
+  kind, rest = init_from.scheme_path(path)
+  if kind == "open_clip" and not config.data.tokenizer:
+    from vlp_jax.models import import_open_clip  # pylint: disable=g-import-not-at-top
+    folder = os.path.join(os.path.dirname(import_open_clip.checkpoint_file(rest)), "tokenizer")
+    if os.path.isdir(folder):
+      config.data.tokenizer = folder
   if kind in init_from.IMPORTED and not config.data.tokenizer:
     raise ValueError(f"An imported {config.model.name!r} model reads its own vocabulary: pass "
                      f"tokenizer='clip_bpe:PATH' (CLIP) or 'spm:PATH' (SigLIP)")

@@ -23,6 +23,7 @@ import argparse
 import collections
 import json
 import math
+import os
 import re
 import sys
 import zipfile
@@ -132,6 +133,39 @@ def clip_params(state_dict, config_model, scan=None):
       encoder.update({f"block_{i}": block for i, block in enumerate(blocks)})
   _check_against_model(params, m)
   return params
+
+
+# What open_clip writes into a model folder (export_open_clip.py, the HF hub's open_clip repos).
+FOLDER_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+FOLDER_CONFIG = "open_clip_config.json"
+
+
+def checkpoint_file(path):
+  """The weights file of `path`: the file itself, or a model folder's (FOLDER_WEIGHTS)."""
+  path = str(path)
+  if not os.path.isdir(path):
+    return path
+  for name in FOLDER_WEIGHTS:
+    if os.path.exists(os.path.join(path, name)):
+      return os.path.join(path, name)
+  raise ValueError(f"{path} is a folder without {' or '.join(FOLDER_WEIGHTS)}")
+
+
+def config_for(path, state_dict=None):
+  """config_from_state_dict of a checkpoint, with the heads and the activation that the
+  open_clip_config.json beside it states (else OpenAI's: 64-wide heads, quick_gelu)."""
+  file = checkpoint_file(path)
+  state_dict = load_state_dict(file) if state_dict is None else state_dict
+  beside = os.path.join(os.path.dirname(file), FOLDER_CONFIG)
+  if not os.path.exists(beside):
+    return config_from_state_dict(state_dict)
+  with open(beside) as f:
+    cfg = json.load(f)["model_cfg"]
+  text_width = _require_key(state_dict, "token_embedding.weight").shape[1]
+  text_heads = cfg.get("text_cfg", {}).get("heads", 8)
+  return config_from_state_dict(
+      state_dict, cfg.get("vision_cfg", {}).get("head_width", 64), text_width // text_heads,
+      "quick_gelu" if cfg.get("quick_gelu") else "gelu")
 
 
 def load_state_dict(path):

@@ -132,11 +132,14 @@ def _write_text(path, text):
 
 def _open_clip(config, s, state, out, step):
   """open_clip's files (a state dict and its model config) of a CLIP run."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from vlp_jax.models import export_open_clip  # pylint: disable=g-import-not-at-top
-  params = jax.device_get(state.params)
   if config.export.dtype != "float32":
     raise ValueError("Config field 'export.dtype': open_clip exports are float32")
-  files = tokenizer_lib.tokenizer_files(s.tokenizer) if s.tokenizer is not None else ()
+  params = multihost_utils.process_allgather(state.params, tiled=True)  # CLIPs are small
   if jax.process_index() == 0:
-    export_open_clip.write(out, params, config.model, tokenizer_files=files)
+    out = export_open_clip.write(out, params, config.model, eos_id=s.family.eos_id,
+                                 eval_resize=config.data.eval_resize)
+    # Where vlp_jax.load("open_clip:DIR") finds it; open_clip users make ids with it too.
+    tokenizer_lib.copy_tokenizer(s.tokenizer, os.path.join(out, "tokenizer"))
   return dict(format="open_clip", family=config.model.name, step=step, out=os.path.abspath(out))

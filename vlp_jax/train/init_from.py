@@ -187,7 +187,7 @@ def _imported_source(kind, path, config_model):
   if kind == "open_clip":
     from vlp_jax.models import import_open_clip as importer  # pylint: disable=g-import-not-at-top
     m = config_model
-    state_dict = importer.load_state_dict(path)
+    state_dict = importer.load_state_dict(importer.checkpoint_file(path))
     fields = importer.config_from_state_dict(
         state_dict, m.vision_width // m.vision_heads, m.text_width // m.text_heads, m.activation)
     params = importer.clip_params(state_dict, fields, scan=False)
