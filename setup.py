@@ -33,7 +33,10 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3"],
+        # jupytext..matplotlib: tests/test_notebooks.py runs notebooks/*.py (jupytext's
+        # percent format) in a python3 kernel (ipykernel) with nbclient; they plot (matplotlib).
+        "test": ["pytest>=8", "pytest-xdist>=3", "jupytext>=1.19,<2", "nbclient>=0.11,<0.12",
+                 "nbformat>=5.11,<6", "ipykernel>=7,<8", "matplotlib>=3.11,<4"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         # bench/compare_open_clip.py: open_clip's own models and losses on a CPU torch (the
