@@ -56,3 +56,30 @@ def tiny_run_args(data_dir, **overrides):
   }
   fields.update(overrides)
   return ["--config=configs/clip_tiny.py"] + [f"--config.{k}={v}" for k, v in fields.items()]
+
+
+def transformers_models(*names):
+  """transformers' model classes `names` (pytest skips without transformers and torch).
+
+  transformers imports torchvision when it is installed, and PyPI's torchvision does not
+  load beside a CPU-only torch ("operator torchvision::nms does not exist"); then it is
+  hidden while the classes import (they do not use it) and put back afterwards, so that
+  open_clip_package() can still stand in for it."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  try:
+    import torchvision  # noqa: F401 pylint: disable=unused-import,g-import-not-at-top
+  except ImportError:
+    pass
+  except Exception:  # pylint: disable=broad-except
+    for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
+      del sys.modules[name]
+    sys.modules["torchvision"] = None  # find_spec says absent, import raises ImportError
+    try:
+      transformers.utils.import_utils.is_torchvision_available.cache_clear()
+      return tuple(getattr(transformers, name) for name in names)
+    finally:
+      del sys.modules["torchvision"]
+  return tuple(getattr(transformers, name) for name in names)

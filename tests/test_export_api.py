@@ -15,7 +15,8 @@ import vlp_jax
 from vlp_jax import config_lib
 from tests.conftest import REPO
 from tests.helpers import tiny_config, write_scene_folder
-from vlp_jax.train import init_from
+from vlp_jax.parallel import sharding
+from vlp_jax.train import export, init_from, loop
 
 LOAD_SCRIPT = """
 import json, sys
@@ -125,6 +126,14 @@ def test_export_of_an_fsdp_run_loads_on_one_device(tmp_path):
   manager.close()
   assert ("image_tower", "encoder", "block_1", "attn", "qkv_kernel") in params
   assert not any("blocks" in p or "last_block" in p for p in params)
+  # Each device converts what it holds: no all-gather in the compiled conversion.
+  setup, state = loop.restore_for_reading(c, workdir)
+  setup.checkpointer.close()
+  convert = export.converter(export.canonical_config(c), setup.family.eos_id, setup.tx,
+                             setup.mesh)
+  with sharding.rules_context(), jax.set_mesh(setup.mesh):
+    hlo = convert.lower({"params": state.params}).compile().as_text()
+  assert "all-gather" not in hlo and "all-reduce" not in hlo
   images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), np.uint8)
   ours = vlp_jax.load(out, devices=jax.devices()[:1]).encode_images(images)
   theirs = vlp_jax.load(workdir).encode_images(images)

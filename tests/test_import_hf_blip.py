@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax.models import blip  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax.models import decoding  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -58,8 +59,10 @@ def randomize(model, seed):
 def hf(tmp_path_factory):
   root = tmp_path_factory.mktemp("hf_blip")
   torch.manual_seed(0)
-  ret = randomize(transformers.BlipForImageTextRetrieval(hf_config()), 1)
-  cap = randomize(transformers.BlipForConditionalGeneration(hf_config()), 2)
+  retrieval, captioning = helpers.transformers_models("BlipForImageTextRetrieval",
+                                                      "BlipForConditionalGeneration")
+  ret = randomize(retrieval(hf_config()), 1)
+  cap = randomize(captioning(hf_config()), 2)
   ret.save_pretrained(root / "ret")
   cap.save_pretrained(root / "cap")
   assert os.path.exists(root / "ret" / "model.safetensors")

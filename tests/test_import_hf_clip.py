@@ -11,7 +11,6 @@ transformers) is not installed.
 import json
 import os
 import shutil
-import sys
 
 import jax
 import numpy as np
@@ -24,6 +23,7 @@ pytest.importorskip("safetensors")
 import flax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax import families  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax.models import import_hf_blip  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -36,23 +36,7 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def model_classes():
-  """CLIPModel and SiglipModel. transformers imports torchvision when it is installed, and
-  PyPI's torchvision does not load beside a CPU-only torch ("operator torchvision::nms does
-  not exist"): then it is hidden while the two models are imported (they do not use it)."""
-  try:
-    import torchvision  # noqa: F401 pylint: disable=unused-import,import-outside-toplevel
-  except ImportError:
-    pass
-  except Exception:  # pylint: disable=broad-except
-    for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
-      del sys.modules[name]
-    sys.modules["torchvision"] = None  # find_spec says absent, import raises ImportError
-    try:
-      transformers.utils.import_utils.is_torchvision_available.cache_clear()
-      return transformers.CLIPModel, transformers.SiglipModel
-    finally:
-      del sys.modules["torchvision"]
-  return transformers.CLIPModel, transformers.SiglipModel
+  return helpers.transformers_models("CLIPModel", "SiglipModel")
 
 
 def hf_configs():

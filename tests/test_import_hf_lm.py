@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from flax import linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax.models import import_hf_lm as ihl  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax.models import language_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vlp_jax.train import init_from  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -55,7 +56,8 @@ def randomize(model, seed):
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
   out = {}
-  classes = {"gpt2": transformers.GPT2LMHeadModel, "opt": transformers.OPTForCausalLM}
+  classes = dict(zip(("gpt2", "opt"), helpers.transformers_models("GPT2LMHeadModel",
+                                                                  "OPTForCausalLM")))
   for seed, (kind, config) in enumerate(hf_configs().items()):
     torch.manual_seed(seed)
     model = randomize(classes[kind](config), seed)

@@ -62,10 +62,11 @@ def load(path, step=None, config=None, tokenizer=None, batch_size=32, devices=No
   batch_size: rows per compiled batch (rounded to a multiple of the devices).
   devices: the devices to use (default: all); the model is replicated on them.
   """
-  kind, _ = init_from.scheme_path(path)
+  kind, where = init_from.scheme_path(path)
+  imported = kind in init_from.IMPORTED
+  workdir = "" if imported else where  # a run's or an export's folder
   if config is None:
-    config = (_imported_config(path) if kind in init_from.IMPORTED
-              else run_config.read(init_from.scheme_path(path)[1]))
+    config = _imported_config(path) if imported else run_config.read(workdir)
   config = config.copy_and_resolve_references()
   if tokenizer is not None:
     config.data.tokenizer = tokenizer
@@ -73,15 +74,12 @@ def load(path, step=None, config=None, tokenizer=None, batch_size=32, devices=No
   config.mesh.data, config.mesh.fsdp, config.mesh.model = -1, 1, 1
   config_lib.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
-  workdir = path if kind not in init_from.IMPORTED else ""
-  if kind in init_from.RUN_SCHEMES:
-    workdir = init_from.scheme_path(path)[1]
   tok = _tokenizer(config, workdir, path)
   family = families.get_family(config, tok.eos_id if tok else 1)
   family.prepare(workdir, reading=True)
   tx, _ = optimizer.make(config)
   abstract, specs = state_lib.abstract_state(family, tx, config.seed, mesh.shape)
-  spec = path if step is None or kind in init_from.IMPORTED else f"{path}:{step}"
+  spec = path if step is None or imported else f"{path}:{step}"
   loaded = init_from.load(spec, "", abstract.params, config.model)
   flat = flax.traverse_util.flatten_dict(abstract.params)
   missing = sorted(set(flat) - set(loaded))

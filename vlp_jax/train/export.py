@@ -72,6 +72,19 @@ def rearrange(tree, abstract, dtype=None):
   return flax.traverse_util.unflatten_dict({p: cast(v) for p, v in out.items()})
 
 
+def converter(canonical, eos_id, tx, mesh, family_state=False):
+  """The jitted {"params"[, "family_state"]} -> the same in `canonical`'s layout and
+  export.dtype, its outputs sharded as the canonical model's on `mesh`: each device slices
+  and casts what it holds (tests/test_export_api.py counts no all-gather in it)."""
+  family = families.get_family(canonical, eos_id)
+  abstract, specs = state_lib.abstract_state(family, tx, canonical.seed, mesh.shape)
+  names = ("params", "family_state") if family_state else ("params",)
+  target = {k: getattr(abstract, k) for k in names}
+  dtype = jnp.dtype(canonical.export.dtype)
+  return jax.jit(lambda tree: {k: rearrange(v, target[k], dtype) for k, v in tree.items()},
+                 out_shardings=sharding.named(mesh, {k: getattr(specs, k) for k in names}))
+
+
 def export(config, workdir, out, step=None, allow_config_change=False):
   """Writes the export of `workdir`'s checkpoint (latest or `step`) to the new folder `out`;
   returns the manifest."""
@@ -84,17 +97,11 @@ def export(config, workdir, out, step=None, allow_config_change=False):
   if e.format == "open_clip":
     return _open_clip(config, s, state, out, step)
   canonical = canonical_config(config)
-  family = families.get_family(canonical, s.family.eos_id)
-  abstract, specs = state_lib.abstract_state(family, s.tx, canonical.seed, s.mesh.shape)
-  item, target, shardings = {"params": state.params}, {"params": abstract.params}, \
-      {"params": specs.params}
+  convert = converter(canonical, s.family.eos_id, s.tx, s.mesh,
+                      e.family_state and state.family_state is not None)
+  item = {"params": state.params}
   if e.family_state and state.family_state is not None:
     item["family_state"] = state.family_state
-    target["family_state"] = abstract.family_state
-    shardings["family_state"] = specs.family_state
-  dtype = jnp.dtype(e.dtype)
-  convert = jax.jit(lambda tree: {k: rearrange(v, target[k], dtype) for k, v in tree.items()},
-                    out_shardings=sharding.named(s.mesh, shardings))
   with sharding.rules_context(), jax.set_mesh(s.mesh):
     item = convert(item)
   out = weights_dir.write(out, item["params"], step, item.get("family_state"))
