@@ -21,8 +21,8 @@
 # The repository to install from when vlp_jax is not importable (Colab). Placeholder:
 # replace OWNER with the GitHub owner of the repository you opened this notebook from.
 REPO_URL = "https://github.com/OWNER/vlp_jax"
-# A Hugging Face hub CLIP (e.g. openai/clip-vit-base-patch32), or "random-tiny": an
-# offline stand-in (below) that goes through the same import as a real checkpoint.
+# A Hugging Face hub CLIP (e.g. openai/clip-vit-base-patch32), a local folder of one, or
+# "random-tiny": an offline stand-in (below) that goes through the same import as a real one.
 CHECKPOINT = "openai/clip-vit-base-patch32"
 STEPS = 100  # fine-tuning steps
 BATCH_SIZE = 64
@@ -138,7 +138,11 @@ def random_tiny_checkpoint(folder):
 
 def hub_checkpoint(repo_id):
   """(hf:DIR, clip_bpe:DIR) of a CLIP on the Hugging Face hub, downloaded once."""
-  import huggingface_hub
+  try:
+    import huggingface_hub
+  except ImportError:  # Colab has it; elsewhere: pip install huggingface_hub
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "huggingface_hub"], check=True)
+    import huggingface_hub
   files = huggingface_hub.list_repo_files(repo_id)
   weights = (["model.safetensors"] if "model.safetensors" in files
              else ["model.safetensors.index.json", "model-*.safetensors"]
@@ -150,6 +154,8 @@ def hub_checkpoint(repo_id):
 
 if CHECKPOINT == "random-tiny":
   SOURCE, TOKENIZER = random_tiny_checkpoint(WORKDIR.rstrip("/") + "_random_tiny")
+elif os.path.isdir(CHECKPOINT):  # a Hugging Face CLIP folder already on disk
+  SOURCE, TOKENIZER = f"hf:{CHECKPOINT}", f"clip_bpe:{CHECKPOINT}"
 else:
   SOURCE, TOKENIZER = hub_checkpoint(CHECKPOINT)
 print(SOURCE, TOKENIZER)
