@@ -27,6 +27,10 @@ Optional, with defaults that do nothing:
   EVALUATIONS, EXACT_ACCUMULATION, CONTRASTIVE_KIND, USES_TOKENIZER
                                   declarations read by the trainer, validation,
                                   evaluation and describe
+  PRETRAINS_ON_PAIRS              whether a run from random initialisation on image-text
+                                  pairs alone trains the whole model (False: it needs
+                                  another run's parameters, reads no images, or wraps
+                                  another family); read by bench/compare_objectives.py
 """
 import abc
 
@@ -65,6 +69,10 @@ class Family(abc.ABC):
   # Whether the family reads text through the tokenizer. False (CatLIP): no tokenizer is
   # trained or read, host_batch and the evaluators get None.
   USES_TOKENIZER = True
+  # Whether the family pretrains on image-text pairs by itself, from random initialisation.
+  # False: its frozen parts come from other runs (model.init_from), it reads no images, or
+  # it fine-tunes another family's run; a comparison of objectives leaves it out.
+  PRETRAINS_ON_PAIRS = True
 
   def __init__(self, config, eos_id=1):
     """Builds the modules from `config.model`; `eos_id` is the tokenizer's end of text."""

@@ -43,6 +43,7 @@ class Blip2Family(FusionFamily):
   tokenizer trained here ([CLS] or [DEC] is put first on device)."""
 
   EVALUATIONS = frozenset({"retrieval", "retrieval_itm", "zeroshot_text", "probe"})
+  PRETRAINS_ON_PAIRS = False  # the frozen image tower is another run's (init_from)
 
   @classmethod
   def check_config(cls, config):

@@ -21,6 +21,7 @@ class LmFamily(base.Family):
   """Batch field: tokens [b, L] int32 (pieces, EOS, pad 0)."""
 
   EVALUATIONS = frozenset({"perplexity"})
+  PRETRAINS_ON_PAIRS = False  # text only: no images
 
   def __init__(self, config, eos_id=1):
     super().__init__(config, eos_id)

@@ -30,6 +30,7 @@ class SoftPromptFamily(base.Family):
   """Batch fields: image [b, S, S, 3] float32, tokens [b, L] int32 (the LM's tokenizer)."""
 
   EVALUATIONS = frozenset({"caption"})
+  PRETRAINS_ON_PAIRS = False  # the image tower and the LM are other runs' (init_from)
   # Top-level parameter subtrees that are frozen.
   FROZEN = ("image_tower", "lm")
 

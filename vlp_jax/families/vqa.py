@@ -118,6 +118,7 @@ class VqaFamily(base.Family):
   its position table), answer [b, vqa.answer_length] int32, both in the tokenizer's layout."""
 
   EVALUATIONS = frozenset({"vqa"})
+  PRETRAINS_ON_PAIRS = False  # fine-tunes another family's run on questions
   EXACT_ACCUMULATION = True  # the loss is a sum of per-example terms
 
   def __init__(self, config, eos_id=1):
