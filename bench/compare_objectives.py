@@ -17,19 +17,20 @@ bias and no LayerNorm before the blocks); text towers and heads are each config'
 
 Each stage is one `python main.py ...` command run through bench/caption_chain.py's stage
 runner (W = --workdir): `--mode=describe` per family (trainable parameters, training FLOPs
-per example), then per family and seed `--workdir=W/F_sS` training, and for caption
-families `--mode=caption --step=N` at the matched step (the trainer captions only its last).
+per example), then per family and seed `--workdir=W/F_sS` training, `--mode=eval --step=N`
+at the matched step when the run did not evaluate it, and for caption families
+`--mode=caption --step=N` there (the trainer captions only its last step).
 With --vqa_steps=N > 0, each run of a family that answers questions (its `answer` is its
 own, not the contract's default) is fine-tuned N steps by configs/vqa.py
 (bench/vqa_experiment.py's flow) and scored on builtin:shapes_vqa:test (fixed steps only).
 
 Matched compute: the budget is the cheapest family's training FLOPs at the fixed steps
 (describe's flops_per_example x batch x steps); a family's matched step is the largest step
-within it. Each run checkpoints and evaluates (in the training process) every
-`grid_step(matched step, steps // points)[0]` steps, so that an evaluation lands on its
-matched step or at most a few steps below, and keeps every checkpoint; no extra training
-runs. The cheapest family is evaluated `points` times, a family k times as costly about
-k x points times (those are the figure's points).
+within it. Each run checkpoints every `grid_step(matched step, steps // points)[0]` steps,
+so that a checkpoint lands on its matched step or at most a few steps below, and keeps them
+all; it evaluates there too (in the training process) when that makes at most 2 x points
+evaluations, else every steps // points steps plus one `--mode=eval` of the matched
+checkpoint (`plan_runs`). No extra training runs. The evaluations are the figure's points.
 
 Samples/s: the median over a run's logging intervals (train.log_every steps) that contain no
 evaluation or checkpoint, from the log lines' times; the machine is shared, so it is a
@@ -176,7 +177,10 @@ def grid_step(target, period):
 
 
 def plan_runs(flops, batch, steps, points):
-  """{family: {matched_step, read_step, checkpoint_every, keep, flops_at_read}}."""
+  """{family: {matched_step, read_step, checkpoint_every, eval_every, keep, flops_at_read,
+  budget}}: evaluations on the checkpoint grid when that adds at most `points` of them
+  (in the training process: cheap), else every steps // points and one `--mode=eval` of
+  the read step's checkpoint (an evaluation of a fusion family costs ~2-3 of its steps x 10)."""
   budget = budget_flops(flops, batch, steps)
   period = max(steps // points, 1)
   out = {}
@@ -184,6 +188,7 @@ def plan_runs(flops, batch, steps, points):
     target = min(matched_step(f, batch, budget), steps)
     every, read = grid_step(target, period)
     out[name] = {"matched_step": target, "read_step": read, "checkpoint_every": every,
+                 "eval_every": every if steps // every <= 2 * points else period,
                  "keep": steps // every + 1, "flops_at_read": f * batch * read,
                  "budget": budget}
   return out
@@ -383,7 +388,7 @@ def run_family(py, w, name, config, overrides, steps, seed, plan, caption, vqa_s
   cpu0 = _children_cpu_s()
   every = p["checkpoint_every"]
   own = overrides + [f"--config.train.checkpoint_every={every}",
-                     f"--config.train.eval_every={every}",
+                     f"--config.train.eval_every={p['eval_every']}",
                      f"--config.train.keep_checkpoints={p['keep']}"]
   stage = caption_chain.train(py, w, run, config, own, steps, [])
   with open(os.path.join(w, run, "metrics.jsonl"), encoding="utf-8") as f:
@@ -407,7 +412,8 @@ def run_family(py, w, name, config, overrides, steps, seed, plan, caption, vqa_s
   if vqa_steps:
     answered = vqa_stage(py, w, run, config, tower, vqa_steps)
     fixed.update({k: v for k, v in answered.items() if k.startswith("vqa/")})
-  busy = set(range(every, steps + 1, every))
+  busy = set(range(every, steps + 1, every)) | set(
+      range(p["eval_every"], steps + 1, p["eval_every"]))
   try:
     with open(os.path.join(w, f"{run}.train.log"), encoding="utf-8") as f:
       rate = samples_per_second(f.read(), BATCH, busy)

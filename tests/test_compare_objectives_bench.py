@@ -41,10 +41,17 @@ def test_matched_compute_by_hand():
   # 30 x 4 x 100 = 12,000 FLOPs. clip (60/example) reaches it at 12,000 / 240 = 50 steps,
   # a multiple of 25; coca (90) at 12,000 / 360 = 33.3 -> 33 steps, 2 intervals of at most
   # 25 -> checkpoints every 16, read at 32 (11,520 FLOPs, 4% under the budget).
-  plan = bench.plan_runs({"catlip": 30, "clip": 60, "coca": 90}, batch=4, steps=100, points=4)
+  # blip (300) at 12,000 / 1,200 = 10 steps: checkpoints every 10, but 10 evaluations would
+  # be more than 2 x 4, so it evaluates every 25 and its step 10 is read from a checkpoint.
+  plan = bench.plan_runs({"catlip": 30, "clip": 60, "coca": 90, "blip": 300}, batch=4,
+                         steps=100, points=4)
   assert {n: p["budget"] for n, p in plan.items()} == dict.fromkeys(plan, 12_000)
   assert plan["catlip"] == {"matched_step": 100, "read_step": 100, "checkpoint_every": 25,
-                            "keep": 5, "flops_at_read": 12_000, "budget": 12_000}
+                            "eval_every": 25, "keep": 5, "flops_at_read": 12_000,
+                            "budget": 12_000}
+  assert plan["blip"]["read_step"] == plan["blip"]["checkpoint_every"] == 10
+  assert plan["blip"]["eval_every"] == 25 and plan["blip"]["keep"] == 11
+  assert plan["coca"]["eval_every"] == 16  # 6 evaluations: on its checkpoint grid
   assert plan["clip"]["matched_step"] == plan["clip"]["read_step"] == 50
   assert plan["clip"]["checkpoint_every"] == 25
   assert plan["coca"]["matched_step"] == 33
