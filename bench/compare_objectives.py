@@ -33,7 +33,7 @@ evaluations, else every steps // points steps plus one `--mode=eval` of the matc
 checkpoint (`plan_runs`). No extra training runs. The evaluations are the figure's points.
 
 Samples/s: the median over a run's logging intervals (train.log_every steps) that contain no
-evaluation or checkpoint, from the log lines' times; the machine is shared, so it is a
+evaluation (checkpoint saves, asynchronous, are counted in), from the log lines' times; the machine is shared, so it is a
 reading of that day (cpu_s in the JSON: the stages' CPU seconds, which other jobs do not
 inflate). Spread over seeds: mean +- half the range (max - min)/2.
 
@@ -213,7 +213,7 @@ _LOG_LINE = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d(?:\.\d+)?) .*\] \[(\d+)\] .
 
 def samples_per_second(log_text, batch, busy_steps):
   """Median examples/s over consecutive training log lines whose interval holds no step of
-  `busy_steps` (evaluations, checkpoints) but its end; None without two such lines."""
+  `busy_steps` (evaluations) but its end; None without two such lines."""
   times = {}
   for line in log_text.splitlines():
     found = _LOG_LINE.match(line)
@@ -412,8 +412,7 @@ def run_family(py, w, name, config, overrides, steps, seed, plan, caption, vqa_s
   if vqa_steps:
     answered = vqa_stage(py, w, run, config, tower, vqa_steps)
     fixed.update({k: v for k, v in answered.items() if k.startswith("vqa/")})
-  busy = set(range(every, steps + 1, every)) | set(
-      range(p["eval_every"], steps + 1, p["eval_every"]))
+  busy = set(range(p["eval_every"], steps + 1, p["eval_every"]))
   try:
     with open(os.path.join(w, f"{run}.train.log"), encoding="utf-8") as f:
       rate = samples_per_second(f.read(), BATCH, busy)
