@@ -50,10 +50,6 @@ def canonical_config(config):
   return c
 
 
-def is_export(path):
-  return tf.io.gfile.exists(os.path.join(path, MANIFEST))
-
-
 def _flat(tree):
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
 
