@@ -98,7 +98,7 @@ def test_script_end_to_end(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "bench", "compare_objectives.py"),
        f"--workdir={tmp_path}", "--families=clip", "--steps=2", "--seeds=0", "--points=1"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   last = json.loads(proc.stdout.strip().splitlines()[-1])
   assert last["steps"] == 2 and last["seeds"] == [0] and list(last["families"]) == ["clip"]
