@@ -4,6 +4,7 @@ log, the tables' shapes, and one end-to-end run of the script on 2 steps of one 
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -95,12 +96,20 @@ def test_tables_mean_and_half_range():
 
 def test_script_end_to_end(tmp_path):
   """2 steps of clip, one seed: the tables, the JSON line and file, the figure."""
-  proc = subprocess.run(
+  # Its own session: a timeout ends the stages it started too, not only the script.
+  proc = subprocess.Popen(
       [sys.executable, os.path.join(REPO, "bench", "compare_objectives.py"),
        f"--workdir={tmp_path}", "--families=clip", "--steps=2", "--seeds=0", "--points=1"],
-      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  last = json.loads(proc.stdout.strip().splitlines()[-1])
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True)
+  try:
+    stdout, stderr = proc.communicate(timeout=900)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    raise
+  assert proc.returncode == 0, stderr[-2000:]
+  last = json.loads(stdout.strip().splitlines()[-1])
   assert last["steps"] == 2 and last["seeds"] == [0] and list(last["families"]) == ["clip"]
   clip = last["families"]["clip"]
   assert clip["matched_step"] == 2 and clip["flops_per_example"] > 0
