@@ -33,8 +33,8 @@ evaluations, else every steps // points steps plus one `--mode=eval` of the matc
 checkpoint (`plan_runs`). No extra training runs. The evaluations are the figure's points.
 
 Samples/s: the median over a run's logging intervals (train.log_every steps) that contain no
-evaluation (checkpoint saves, asynchronous, are counted in), from the log lines' times; the machine is shared, so it is a
-reading of that day (cpu_s in the JSON: the stages' CPU seconds, which other jobs do not
+evaluation (checkpoint saves, asynchronous, are counted in), from the log lines' times; the
+machine is shared, so it is a reading of that day (cpu_s in the JSON: the stages' CPU seconds, which other jobs do not
 inflate). Spread over seeds: mean +- half the range (max - min)/2.
 
 Resumable: a run whose workdir holds its final checkpoint is not rerun, a finished
@@ -420,7 +420,16 @@ def run_family(py, w, name, config, overrides, steps, seed, plan, caption, vqa_s
     rate = None
   return {"seed": seed, "fixed": fixed, "matched": matched, "samples_per_s": rate,
           "curve": {str(s): r for s, r in sorted(evaluated.items())},
-          "wall_s": stage["wall_s"], "cpu_s": round(_children_cpu_s() - cpu0, 1)}
+          "wall_s": stages_wall_s(w, f"{run}."), "cpu_s": round(_children_cpu_s() - cpu0, 1)}
+
+
+def stages_wall_s(w, prefix):
+  """Summed wall seconds of the stage records W/PREFIX*.json (training, readings,
+  describe), as measured when each ran: a rerun that reuses them reports the same."""
+  total = 0.0
+  for path in glob.glob(os.path.join(w, f"{prefix}*json")):
+    total += (json_files.read(path) or {}).get("wall_s") or 0.0
+  return round(total, 1)
 
 
 def _children_cpu_s():
@@ -491,6 +500,8 @@ def main():
   summary = summarise(runs, describes, plan, BATCH, args.steps, columns)
   wall = round(time.perf_counter() - started, 1)
   cpu = round(_children_cpu_s() - cpu0, 1)
+  stages_wall = round(sum(stages_wall_s(w, f"{n}.describe") for n in wanted) +
+                      sum(s["wall_s"] for seeds_ in runs.values() for s in seeds_), 1)
   budget = next(iter(plan.values()))["budget"]
   md = "\n".join([
       f"Same steps ({args.steps} x batch {BATCH}), seeds {','.join(map(str, seeds))}, "
@@ -500,10 +511,12 @@ def main():
       f"{args.steps} steps; each family read at the checkpoint at or below it):", "",
       table(summary, columns, "matched")])
   fig = figure(summary, columns, os.path.join(w, "compare_objectives.png"))
-  result = {"args": vars(args), "tower": TOWER, "batch": BATCH, "configs": {
-      n: configs[n] for n in wanted}, "plan": plan, "families": summary, "wall_s": wall,
-            "cpu_s": cpu, "commit": caption_chain._commit()}  # pylint: disable=protected-access
-  print("\n" + md + f"\n\nwall s: {wall:.0f}, CPU s of the stages run now: {cpu:.0f}")
+  result = {"args": vars(args), "tower": TOWER, "batch": BATCH,
+            "configs": {n: configs[n] for n in wanted}, "plan": plan, "families": summary,
+            "wall_s": wall, "stages_wall_s": stages_wall, "cpu_s": cpu,
+            "commit": caption_chain._commit()}  # pylint: disable=protected-access
+  print("\n" + md + f"\n\nwall s: this invocation {wall:.0f}, the stages when they ran "
+        f"{stages_wall:.0f}; CPU s of the stages run now: {cpu:.0f}")
   with open(os.path.join(w, "compare_objectives.md"), "w", encoding="utf-8") as f:
     f.write(md + "\n")
   json_files.write(os.path.join(w, "compare_objectives.json"), result)
@@ -522,6 +535,7 @@ def main():
                  "cpu_s": sum(s["cpu_s"] for s in r["seeds"])} for n, r in summary.items()}
   print(json.dumps(json_files.strict({"steps": args.steps, "seeds": seeds, "data": args.data,
                                       "budget_flops": budget, "wall_s": wall, "cpu_s": cpu,
+                                      "stages_wall_s": stages_wall,
                                       "families": compact}), sort_keys=True))
 
 
