@@ -35,8 +35,8 @@ checkpoint (`plan_runs`). No extra training runs. The evaluations are the figure
 Samples/s: the median over a run's logging intervals (train.log_every steps) that contain no
 evaluation (checkpoint saves, asynchronous, are counted in), from the log lines' times; the
 machine is shared, so it is a reading of that day (cpu_s in the JSON: the CPU seconds of
-the stages run by that invocation, which other jobs do not inflate). Spread over seeds: mean +- half the
-range, (max - min) / 2.
+the stages run by that invocation, which other jobs do not inflate). Spread over seeds:
+mean +- half the range, (max - min) / 2.
 
 Resumable: a run whose workdir holds its final checkpoint is not rerun, a finished
 describe, eval or caption reading (W/NAME.*.json) is reused. Writes
