@@ -298,6 +298,7 @@ def figure(summary, columns, path):
   """metric against training FLOPs, one panel per metric some family reports."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
+  import matplotlib.lines  # pylint: disable=g-import-not-at-top
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   panels = [(c, k) for c, k in columns
             if any(k in r["curve"] for r in summary.values())]
@@ -307,12 +308,14 @@ def figure(summary, columns, path):
   rows = math.ceil(len(panels) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
   budget = min(r["fixed"]["train_flops"] for r in summary.values())
+  colour = {name: f"C{i}" for i, name in enumerate(summary)}  # one per family in every panel
   for ax, (label, key) in zip(axes.flat, panels):
     for name, r in summary.items():
       if key not in r["curve"]:
         continue
       x, y, e = zip(*r["curve"][key])
-      ax.errorbar([v / 1e12 for v in x], y, yerr=e, marker="o", ms=3, capsize=2, label=name)
+      ax.errorbar([v / 1e12 for v in x], y, yerr=e, marker="o", ms=3, capsize=2, label=name,
+                  color=colour[name])
     ax.axvline(budget / 1e12, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_title(label, fontsize=9)
@@ -320,7 +323,9 @@ def figure(summary, columns, path):
     ax.tick_params(labelsize=7)
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
-  axes.flat[0].legend(fontsize=7)
+  handles = [matplotlib.lines.Line2D([], [], color=c, marker="o", label=n)
+             for n, c in colour.items()]
+  fig.legend(handles=handles, loc="lower right", fontsize=8)
   fig.suptitle("mean over seeds (bars: half-range); dashed: the matched budget", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -411,6 +416,7 @@ def run_family(py, w, name, config, overrides, steps, seed, plan, caption, vqa_s
   if caption and read != steps and read in evaluated and not any(
       k.startswith("caption/") for k in matched):
     matched.update(read_checkpoint(py, w, run, config, own, read, "caption"))
+    evaluated[read] = matched
   if vqa_steps:
     answered = vqa_stage(py, w, run, config, tower, vqa_steps)
     fixed.update({k: v for k, v in answered.items() if k.startswith("vqa/")})
@@ -500,6 +506,14 @@ def main():
                   for seed in seeds]
 
   summary = summarise(runs, describes, plan, BATCH, args.steps, columns)
+  shown = {k for _, k in columns}
+  for r in summary.values():  # the table's metrics only: the runs' logs hold the rest
+    for seed in r["seeds"]:
+      for part in ("fixed", "matched"):
+        seed[part] = {k: v for k, v in seed[part].items() if k in shown
+                      or k in ("loss", "step")}
+      seed["curve"] = {step: {k: v for k, v in row.items() if k in shown}
+                       for step, row in seed["curve"].items()}
   wall = round(time.perf_counter() - started, 1)
   cpu = round(_children_cpu_s() - cpu0, 1)
   stages_wall = round(sum(stages_wall_s(w, f"{n}.describe") for n in wanted) +
