@@ -127,7 +127,7 @@ def test_iterator_teardown_is_prompt(shards, tok):
   started = time.perf_counter()
   del it
   gc.collect()
-  assert time.perf_counter() - started < 5
+  assert time.perf_counter() - started < 30  # a hang; 6 s were seen at load average 10
 
 
 def test_hosts_read_disjoint_shards(shards, tok):
